@@ -1,0 +1,410 @@
+"""The painting store: one zarr (v3, OME-Zarr NGFF 0.5) store per painting.
+
+Layout (``PAINTING.nightwatch.zarr``)::
+
+    zarr.json                 attrs["nightwatch"]: schema_version, name, created,
+                              package_version, complete: {part: provenance}
+    mosaic/                   NGFF 0.5 multiscale image, axes (c, y, x), datasets
+                              "0", "1", ... (factor-2 pyramid), scale in micrometres.
+                              attrs["nightwatch"]: pixel_size_um, source, ...
+                              -- or, for an OME-Zarr used in place, no arrays and
+                              attrs["nightwatch"]["reference"] = absolute path of the
+                              source NGFF image group (never written to).
+    xrf/                      MA-XRF modality; attrs["nightwatch"]: calibration
+                              {offset_kev, gain_kev, quadratic_kev}, pixel_size_um,
+                              affine (3x3, XRF pixel (y, x, 1) -> level-0 mosaic px),
+                              source, live_time_s, excitation_kev, kind ("cube"|"maps")
+      cube                    (y, x, energy) counts, dimension_names y, x, energy,
+                              chunks (cy, cx, n_energy) so a pixel's spectrum is one read
+      sum_spectrum            (energy,) float64
+      max_spectrum            (energy,) float64
+      total/                  NGFF 0.5 image (y, x): total counts per pixel (for viewers)
+    xrf_maps/                 NGFF 0.5 image (c, y, x) float32: fitted element maps
+    grids/<grid_id>/          tile grids, embeddings per model, indexes (see search/)
+    models/<model_id>/        trained spectrum encoders (safetensors bytes + config)
+    predicted/<...>/          element maps predicted from the photograph
+    ground_truth/             synthetic paintings only: labels, concentrations, affine
+
+Every derived part records what it was made from; a part is only "complete" once
+:meth:`PaintingStore.mark_complete` has run after all its data were written, so a
+killed import never looks finished.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .core.errors import NightwatchError
+from .core.geometry import as_affine
+from .core.spectra import EnergyCalibration
+
+SCHEMA_VERSION = 1
+STORE_SUFFIX = ".nightwatch.zarr"
+
+# upgrade functions, keyed by the schema version they upgrade *from*
+_UPGRADES: dict[int, Any] = {}
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(**made_from: Any) -> dict[str, Any]:
+    """Provenance record for a derived array: what it was made from, version and date."""
+    rec = {k: _jsonable(v) for k, v in made_from.items()}
+    rec["package_version"] = __version__
+    rec["created"] = _now()
+    return rec
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def file_signature(path: str | Path, max_bytes: int = 1 << 22) -> str:
+    """Cheap, stable signature of a source file: size, and a hash of its head and tail.
+
+    Sources can be hundreds of GB, so only the first and last ``max_bytes`` are hashed.
+    """
+    p = Path(path)
+    if p.is_dir():
+        h = hashlib.sha1()
+        for f in sorted(p.rglob("*"))[:2000]:
+            if f.is_file():
+                h.update(str(f.relative_to(p)).encode())
+                h.update(str(f.stat().st_size).encode())
+        return "dir:" + h.hexdigest()[:16]
+    size = p.stat().st_size
+    h = hashlib.sha1(str(size).encode())
+    with open(p, "rb") as fh:
+        h.update(fh.read(max_bytes))
+        if size > 2 * max_bytes:
+            fh.seek(size - max_bytes)
+            h.update(fh.read(max_bytes))
+    return f"sha1:{h.hexdigest()[:16]}:{size}"
+
+
+class PaintingStore:
+    """One painting's project store. Use :meth:`create` or :meth:`open`."""
+
+    def __init__(self, path: Path, root, mode: str) -> None:
+        self.path = Path(path)
+        self.root = root
+        self.mode = mode
+
+    # ---- opening ----------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, *, name: str | None = None, overwrite: bool = False) -> PaintingStore:
+        """Create an empty painting store at ``path`` (``NAME.nightwatch.zarr``)."""
+        import zarr
+
+        path = Path(path)
+        if path.exists():
+            if not overwrite:
+                raise NightwatchError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it.")
+            if not (path / "zarr.json").exists() or "nightwatch" not in json.loads(
+                (path / "zarr.json").read_text()
+            ).get("attributes", {}):
+                raise NightwatchError(f"{path} exists and is not a nightwatch store; refusing to delete it.")
+            shutil.rmtree(path)
+        root = zarr.open_group(str(path), mode="w", zarr_format=3)
+        if name is None:
+            name = path.name[: -len(STORE_SUFFIX)] if path.name.endswith(STORE_SUFFIX) else path.stem
+        root.attrs["nightwatch"] = {
+            "schema_version": SCHEMA_VERSION,
+            "name": name,
+            "created": _now(),
+            "package_version": __version__,
+            "complete": {},
+        }
+        return cls(path, root, "r+")
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> PaintingStore:
+        """Open an existing store (``mode`` "r" or "r+"), checking its schema version."""
+        import zarr
+
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise NightwatchError(f"{path} is not a painting store (no zarr.json); create one with `nightwatch synth` or import-mosaic.")
+        try:
+            root = zarr.open_group(str(path), mode=mode, zarr_format=3)
+        except Exception as exc:  # corrupt metadata
+            raise NightwatchError(f"{path} could not be opened as a zarr v3 store ({exc}).") from exc
+        meta = root.attrs.get("nightwatch")
+        if not isinstance(meta, dict) or "schema_version" not in meta:
+            raise NightwatchError(f"{path} is a zarr store but not a nightwatch painting store.")
+        version = int(meta["schema_version"])
+        if version > SCHEMA_VERSION:
+            raise NightwatchError(
+                f"{path} has store schema {version}, newer than this napari-nightwatch "
+                f"({__version__}) understands (schema {SCHEMA_VERSION}); upgrade the package."
+            )
+        store = cls(path, root, mode)
+        if version < SCHEMA_VERSION:
+            if mode == "r":
+                store = cls(path, zarr.open_group(str(path), mode="r+", zarr_format=3), "r+")
+            store._upgrade(version)
+            if mode == "r":
+                store = cls(path, zarr.open_group(str(path), mode="r", zarr_format=3), "r")
+        return store
+
+    def _upgrade(self, version: int) -> None:
+        while version < SCHEMA_VERSION:
+            _UPGRADES[version](self)
+            version += 1
+            self._update_meta(schema_version=version)
+
+    # ---- metadata -------------------------------------------------------------------
+    @property
+    def meta(self) -> dict:
+        return dict(self.root.attrs["nightwatch"])
+
+    def _update_meta(self, **kw: Any) -> None:
+        m = self.meta
+        m.update(kw)
+        self.root.attrs["nightwatch"] = _jsonable(m)
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    def is_complete(self, part: str) -> bool:
+        """Whether ``part`` (e.g. "mosaic", "xrf", "grids/L0-t224-s224") finished writing."""
+        return part in self.meta.get("complete", {})
+
+    def mark_complete(self, part: str, **made_from: Any) -> None:
+        """Record that ``part`` is fully written, with its provenance."""
+        m = self.meta
+        m.setdefault("complete", {})[part] = provenance(**made_from)
+        self.root.attrs["nightwatch"] = _jsonable(m)
+
+    def mark_incomplete(self, part: str) -> None:
+        m = self.meta
+        m.setdefault("complete", {}).pop(part, None)
+        self.root.attrs["nightwatch"] = _jsonable(m)
+
+    def completed(self) -> dict[str, dict]:
+        return dict(self.meta.get("complete", {}))
+
+    def require_writable(self) -> None:
+        if self.mode == "r":
+            raise NightwatchError(f"{self.path} was opened read-only; open it with mode='r+' to write.")
+
+    def group(self, path: str, create: bool = False):
+        """The zarr group at ``path`` (created when ``create``)."""
+        if create:
+            self.require_writable()
+            return self.root.require_group(path)
+        if path not in self.root:
+            raise NightwatchError(f"{self.path} has no '{path}' yet.")
+        return self.root[path]
+
+    def has(self, path: str) -> bool:
+        return path in self.root
+
+    def node_attrs(self, path: str) -> dict:
+        return dict(self.root[path].attrs.get("nightwatch", {}))
+
+    # ---- mosaic -------------------------------------------------------------------------
+    @property
+    def has_mosaic(self) -> bool:
+        return self.is_complete("mosaic")
+
+    def _mosaic_image_group(self):
+        """The NGFF image group holding the mosaic pyramid (here, or referenced in place)."""
+        import zarr
+
+        if not self.has_mosaic:
+            raise NightwatchError(f"{self.path} has no mosaic yet; import one with `nightwatch import-mosaic`.")
+        g = self.root["mosaic"]
+        ref = g.attrs.get("nightwatch", {}).get("reference")
+        if ref:
+            if not Path(ref).exists():
+                raise NightwatchError(f"The mosaic of {self.path} refers to {ref}, which no longer exists.")
+            return zarr.open_group(ref, mode="r")
+        return g
+
+    @property
+    def mosaic_info(self) -> dict:
+        return dict(self.root["mosaic"].attrs.get("nightwatch", {}))
+
+    def mosaic_levels(self) -> list:
+        """Dask arrays ``(y, x, c)`` for each pyramid level, finest first."""
+        import dask.array as da
+
+        from .io.ngff import multiscale_paths
+
+        g = self._mosaic_image_group()
+        axes = self.mosaic_info.get("axes", "cyx")
+        levels = []
+        for p in multiscale_paths(g):
+            arr = da.from_zarr(g[p])
+            if axes == "cyx":
+                arr = arr.transpose(1, 2, 0)
+            elif axes == "yx":
+                arr = arr[..., None]
+            levels.append(arr)
+        return levels
+
+    @property
+    def mosaic_shape(self) -> tuple[int, int]:
+        """(height, width) of level 0 in pixels."""
+        return tuple(int(v) for v in self.mosaic_info["shape"][:2])
+
+    @property
+    def mosaic_pixel_size_um(self) -> float:
+        return float(self.mosaic_info["pixel_size_um"])
+
+    @property
+    def mosaic_downsamples(self) -> list[int]:
+        return [int(v) for v in self.mosaic_info.get("downsamples", [1])]
+
+    # ---- XRF ------------------------------------------------------------------------------
+    @property
+    def has_xrf(self) -> bool:
+        return self.is_complete("xrf")
+
+    @property
+    def xrf_info(self) -> dict:
+        if not self.has_xrf:
+            raise NightwatchError(f"{self.path} has no MA-XRF data yet; import a cube with `nightwatch import-xrf`.")
+        return dict(self.root["xrf"].attrs["nightwatch"])
+
+    @property
+    def xrf_kind(self) -> str:
+        """"cube" for a spectral cube, "maps" for imported element maps only."""
+        return self.xrf_info.get("kind", "cube")
+
+    def xrf_cube(self):
+        """The MA-XRF cube as a dask array ``(y, x, energy)``."""
+        import dask.array as da
+
+        info = self.xrf_info
+        if info.get("kind", "cube") != "cube":
+            raise NightwatchError(f"{self.path} holds element maps, not a spectral cube.")
+        return da.from_zarr(self.root["xrf/cube"])
+
+    @property
+    def xrf_calibration(self) -> EnergyCalibration:
+        return EnergyCalibration.from_dict(self.xrf_info["calibration"])
+
+    def xrf_energies(self) -> np.ndarray:
+        n = int(self.root["xrf/cube"].shape[-1])
+        return self.xrf_calibration.energies(n)
+
+    @property
+    def xrf_shape(self) -> tuple[int, int]:
+        return tuple(int(v) for v in self.xrf_info["shape"][:2])
+
+    @property
+    def xrf_pixel_size_um(self) -> float:
+        return float(self.xrf_info["pixel_size_um"])
+
+    @property
+    def xrf_affine(self) -> np.ndarray:
+        """3x3 affine: XRF pixel (y, x, 1) -> level-0 mosaic pixel."""
+        return as_affine(self.xrf_info["affine"])
+
+    def set_xrf_affine(self, affine: np.ndarray, **made_from: Any) -> None:
+        """Store a new XRF->mosaic affine with how it was obtained."""
+        self.require_writable()
+        a = as_affine(affine)
+        g = self.root["xrf"]
+        m = dict(g.attrs["nightwatch"])
+        m["affine"] = a.tolist()
+        m["registration"] = provenance(**made_from)
+        g.attrs["nightwatch"] = _jsonable(m)
+
+    def xrf_sum_spectrum(self) -> np.ndarray:
+        return np.asarray(self.root["xrf/sum_spectrum"][...])
+
+    def xrf_max_spectrum(self) -> np.ndarray:
+        return np.asarray(self.root["xrf/max_spectrum"][...])
+
+    def xrf_total(self):
+        """Total counts per XRF pixel, dask ``(y, x)``."""
+        import dask.array as da
+
+        return da.from_zarr(self.root["xrf/total/0"])
+
+    # ---- summary ----------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """What the store holds, and what is missing for each next step (for `info`)."""
+        out: dict[str, Any] = {
+            "path": str(self.path),
+            "name": self.name,
+            "schema_version": self.meta["schema_version"],
+            "package_version": self.meta.get("package_version"),
+            "complete": sorted(self.completed()),
+        }
+        if self.has_mosaic:
+            info = self.mosaic_info
+            out["mosaic"] = {
+                "shape": info["shape"],
+                "pixel_size_um": info["pixel_size_um"],
+                "levels": len(info.get("downsamples", [1])),
+                "source": info.get("source"),
+                "reference": info.get("reference"),
+            }
+        if self.has_xrf:
+            info = self.xrf_info
+            out["xrf"] = {
+                "kind": info.get("kind", "cube"),
+                "shape": info["shape"],
+                "pixel_size_um": info["pixel_size_um"],
+                "calibration": info.get("calibration"),
+                "affine": info["affine"],
+                "source": info.get("source"),
+            }
+        if self.has("xrf_maps") and self.is_complete("xrf_maps"):
+            out["element_maps"] = list(self.node_attrs("xrf_maps").get("elements", []))
+        if self.has("grids"):
+            grids = {}
+            for gid, g in self.root["grids"].groups():
+                models = []
+                if "embeddings" in g:
+                    models = [m for m, _ in g["embeddings"].groups()]
+                grids[gid] = {"models": models, "n_tiles": g.attrs.get("nightwatch", {}).get("n_tiles")}
+            out["grids"] = grids
+        if self.has("models"):
+            out["models"] = sorted(m for m, _ in self.root["models"].groups())
+        if self.has("predicted"):
+            out["predicted"] = sorted(m for m, _ in self.root["predicted"].groups())
+        out["next_steps"] = self.next_steps()
+        return out
+
+    def next_steps(self) -> list[str]:
+        steps = []
+        if not self.has_mosaic:
+            steps.append("import a mosaic (nightwatch import-mosaic)")
+        if not self.has_xrf:
+            steps.append("import an MA-XRF cube (nightwatch import-xrf)")
+        elif not self.is_complete("xrf_maps") and self.xrf_info.get("kind", "cube") == "cube":
+            steps.append("fit element maps (nightwatch xrf-maps)")
+        if self.has_mosaic and not self.has("grids"):
+            steps.append("embed the mosaic tiles (nightwatch embed)")
+        return steps
+
+    def __repr__(self) -> str:
+        return f"PaintingStore({str(self.path)!r}, mode={self.mode!r})"
