@@ -121,10 +121,10 @@ class TileGrid:
         return np.flatnonzero(sel)
 
     def tile_at(self, y: float, x: float) -> int:
-        """Index of the tile whose origin cell contains level-0 point (y, x)."""
+        """Index of the tile whose centre is nearest to level-0 point (y, x) along each axis."""
         d = self.downsample
-        r = int(np.clip((y / d - self.tile / 2) // self.stride + 0.5, 0, self.n_rows - 1))
-        c = int(np.clip((x / d - self.tile / 2) // self.stride + 0.5, 0, self.n_cols - 1))
+        r = int(np.clip(np.rint((y / d - self.tile / 2) / self.stride), 0, self.n_rows - 1))
+        c = int(np.clip(np.rint((x / d - self.tile / 2) / self.stride), 0, self.n_cols - 1))
         return r * self.n_cols + c
 
     def to_map(self, values: np.ndarray, fill: float = np.nan, index: np.ndarray | None = None) -> np.ndarray:
