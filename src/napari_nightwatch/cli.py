@@ -97,6 +97,173 @@ def _cmd_demo(args) -> dict:
     return run_demo(out=args.out, viewer=not args.no_viewer, screenshot=args.screenshot, size=args.size)
 
 
+def _cmd_embed(args) -> dict:
+    from .ml.clip import load_clip
+    from .ml.embed import embed_store, make_grid
+    from .project import PaintingStore
+
+    store = PaintingStore.open(args.store, mode="r+")
+    engine = load_clip(args.model, args.pretrained, device=args.device, precision=args.precision)
+    cb, close = _progress(args)
+    try:
+        grid = make_grid(
+            store, level=args.level, tile=args.tile, stride=args.stride, tile_um=args.tile_um,
+            stride_um=args.stride_um, mask=args.mask, overwrite=args.overwrite, progress=cb,
+        )
+        result = embed_store(
+            store, engine, grid, batch_size=args.batch_size, progress=cb, client=args.scheduler,
+            num_workers=args.workers, chunk_tiles=args.chunk_tiles, overwrite=args.overwrite,
+        )
+    finally:
+        close()
+    return result
+
+
+# ------------------------------------------------------------------ index and search (issue 4)
+def _cmd_index(args) -> dict:
+    from .search.index import add_to_index, build_index
+
+    budget = None if args.memory_budget_gb is None else int(args.memory_budget_gb * 1e9)
+    cb, close = _progress(args)
+    try:
+        if args.add:
+            return add_to_index(args.store, args.grid, args.model_id, progress=cb)
+        return build_index(args.store, args.grid, args.model_id, memory_budget_bytes=budget,
+                           kind=args.index_type, progress=cb)
+    finally:
+        close()
+
+
+def _search_model(args, signature: dict):
+    """The CLIP engine for text/image queries: --model/--pretrained, else the one that made the embeddings."""
+    from .ml.clip import load_clip
+
+    name = args.model or signature.get("model")
+    tag = args.pretrained or signature.get("pretrained")
+    if not name:
+        raise NightwatchError("The embeddings record no model name; give the model with --model NAME --pretrained TAG.")
+    if args.pretrained is None and str(tag).startswith("checkpoint:"):
+        raise NightwatchError(
+            f"The embeddings were made with {name} from a local checkpoint ({tag}); give it with --pretrained PATH."
+        )
+    return load_clip(name, tag)
+
+
+def _cmd_search(args) -> dict:
+    from .project import PaintingStore
+    from .search.index import check_signature, open_embeddings, resolve_grid_model
+    from .search.query import (
+        PAINTING_TEMPLATES,
+        combine,
+        hits_to_json,
+        image_vector,
+        region_box_px,
+        region_vector,
+        search,
+        text_vector,
+    )
+
+    first = PaintingStore.open(args.stores[0])
+    gid, mid = resolve_grid_model(first, args.grid, args.model_id)
+    xrf = [a for a in (args.spectrum, args.xrf_pixel, args.xrf_region) if a is not None]
+    asked = [a for a in (args.text, args.region, args.image) if a is not None] + xrf
+    if not asked:
+        raise NightwatchError("Say what to look for: --text, --region, --image, --spectrum, --xrf-pixel or --xrf-region.")
+    if xrf and len(asked) > 1:
+        raise NightwatchError("An XRF query (--spectrum, --xrf-pixel, --xrf-region) cannot be combined with other queries.")
+    templates = list(args.template or []) + (list(PAINTING_TEMPLATES) if args.painting_templates else [])
+    query: dict[str, Any] = {}
+    if xrf:
+        from .ml.xrf_bridge import spectrum_query_vector
+
+        pixel = None if args.xrf_pixel is None else tuple(int(v) for v in _floats(args.xrf_pixel, 2, "--xrf-pixel"))
+        region = None if args.xrf_region is None else _floats(args.xrf_region, 4, "--xrf-region")
+        q, mid = spectrum_query_vector(first, spectrum_file=args.spectrum, xrf_pixel=pixel, xrf_region=region, grid_id=gid)
+        query = {"spectrum": str(args.spectrum) if args.spectrum else None, "xrf_pixel": pixel, "xrf_region": region}
+    else:
+        emb = open_embeddings(first, gid, mid)
+        model = None
+        need_model = args.text is not None or args.image is not None or bool(args.negative)
+        box = None
+        if args.region is not None:
+            box = _floats(args.region, 4, "--region")
+            inside = emb.grid().tiles_in_box(region_box_px(first, box, "um" if args.um else "px"))
+            need_model = need_model or inside.size == 0  # a region smaller than a tile is embedded by the model
+        if need_model:
+            model = _search_model(args, emb.signature)
+            if model.model_id != mid:
+                gid, mid = resolve_grid_model(first, gid, model.model_id)
+                emb = open_embeddings(first, gid, mid)
+            check_signature(emb, dict(model.signature), f"model {model.model_id}")
+        positives = []
+        if args.text is not None:
+            positives.append(text_vector(model, args.text, templates=templates or None))
+            query["text"] = args.text
+        if box is not None:
+            positives.append(region_vector(first, model, gid, box, units="um" if args.um else "px", model_id=mid))
+            query["region"] = list(box)
+            query["units"] = "um" if args.um else "px"
+        if args.image is not None:
+            positives.append(image_vector(model, args.image))
+            query["image"] = str(args.image)
+        negatives = [text_vector(model, t, templates=templates or None) for t in args.negative or []]
+        if negatives:
+            query["not"] = list(args.negative)
+        q = combine(positives, negatives)
+    hits = search(args.stores, q, grid_id=args.grid if len(args.stores) > 1 else gid, model_id=mid, k=args.k,
+                  merge=not args.no_merge, iou_threshold=args.iou)
+    return {"query": query, "grid": gid, "model_id": mid, "results": hits_to_json(hits)}
+
+
+# ------------------------------------------------------------------ xrf (issue 3)
+def _cmd_xrf_maps(args) -> dict:
+    from .project import PaintingStore
+    from .xrf.maps import export_tiffs, fit_store
+
+    store = PaintingStore.open(args.store, mode="r+")
+    row_shift = args.row_shift
+    if row_shift is not None and row_shift != "auto":
+        row_shift = _floats(row_shift, 1, "--row-shift")[0]
+    cb, close = _progress(args)
+    try:
+        result = fit_store(store, args.elements, background=args.background, refine=not args.no_refine,
+                           row_shift=row_shift, overwrite=args.overwrite, progress=cb)
+    finally:
+        close()
+    if args.export is not None:
+        result["exported"] = [str(p) for p in export_tiffs(store, args.export)]
+    if not args.json:
+        # the human summary stays short; the JSON keeps the full identification
+        result["identification"] = [f"{r['name']} {r['confidence']:.2f}" for r in result["identification"]
+                                    if r["confidence"] >= 0.5]
+    return result
+
+
+def _cmd_spectrum(args) -> dict:
+    from .project import PaintingStore
+    from .xrf.spectra import mean_spectrum, write_spectrum_csv
+
+    store = PaintingStore.open(args.store)
+    coords = "mosaic" if args.mosaic else "xrf"
+    if (args.pixel is None) == (args.region is None):
+        raise NightwatchError("Give exactly one of --pixel Y,X or --region Y0,X0,Y1,X1.")
+    if args.pixel is not None:
+        where = {"pixel": _floats(args.pixel, 2, "--pixel")}
+        spec = mean_spectrum(store, pixel=where["pixel"], coords=coords)
+    else:
+        where = {"region": _floats(args.region, 4, "--region")}
+        spec = mean_spectrum(store, region=where["region"], coords=coords)
+    energies = store.xrf_energies()
+    out = {**where, "coords": coords, "n_channels": int(spec.size), "total_counts": float(spec.sum()),
+           "peak_kev": float(energies[int(spec.argmax())])}
+    if args.out is not None:
+        out["out"] = str(write_spectrum_csv(args.out, energies, spec))
+    elif args.json:
+        out["energies_kev"] = energies.tolist()
+        out["counts"] = spec.tolist()
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nightwatch", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -136,7 +303,71 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--size", type=int, default=1024)
 
     # ------------------------------------------------------------ xrf commands (issue 3)
+    sp = add("xrf-maps", _cmd_xrf_maps, "identify elements and fit per-pixel element maps of the MA-XRF cube")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("--elements", default="auto", help="'auto' or families like Pb-L,Hg-L,Fe-K")
+    sp.add_argument("--export", type=Path, default=None, help="folder for one float32 TIFF per family")
+    sp.add_argument("--background", choices=["basis", "snip"], default="basis")
+    sp.add_argument("--no-refine", action="store_true", help="keep the stored energy calibration as is")
+    sp.add_argument("--row-shift", default=None, help="'auto' or pixels: correct bidirectional-scan row shift")
+    sp.add_argument("--overwrite", action="store_true", help="refit instead of resuming an interrupted run")
+
+    sp = add("spectrum", _cmd_spectrum, "mean XRF spectrum of a pixel or rectangle of a painting store")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("--pixel", default=None, help="Y,X (XRF pixels, or mosaic pixels with --mosaic)")
+    sp.add_argument("--region", default=None, help="Y0,X0,Y1,X1 half-open box")
+    sp.add_argument("--mosaic", action="store_true", help="coordinates are level-0 mosaic pixels")
+    sp.add_argument("--out", type=Path, default=None, help="write a two-column CSV (energy_kev,counts)")
     # ------------------------------------------------------------ embedding/search commands (issue 4)
+    sp = add("embed", _cmd_embed, "embed the mosaic tiles of a tile grid with a CLIP model (resumable)")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("--model", default="ViT-B-32", help="open_clip architecture, nightwatch-tiny, or hf-hub:ORG/NAME")
+    sp.add_argument("--pretrained", default="laion2b_s34b_b79k",
+                    help="open_clip tag, checkpoint file or directory, or 'none' (random weights)")
+    sp.add_argument("--tile", type=int, default=224, help="tile edge in pixels of --level")
+    sp.add_argument("--stride", type=int, default=None, help="step between tiles in pixels (default: --tile)")
+    sp.add_argument("--tile-um", type=float, default=None, help="tile edge in micrometres (overrides --tile)")
+    sp.add_argument("--stride-um", type=float, default=None, help="stride in micrometres (overrides --stride)")
+    sp.add_argument("--level", type=int, default=0, help="pyramid level the tiles are read from")
+    sp.add_argument("--mask", choices=["auto", "none"], default="auto", help="skip empty background tiles")
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--chunk-tiles", type=int, default=None, help="tiles per stored chunk (unit of resume)")
+    sp.add_argument("--workers", type=int, default=2, help="reader/preprocessing threads per process")
+    sp.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    sp.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=None,
+                    help="default: fp16 on CUDA, fp32 elsewhere")
+    sp.add_argument("--scheduler", default=None, help="dask scheduler address tcp://HOST:PORT (default: in-process)")
+    sp.add_argument("--overwrite", action="store_true", help="replace embeddings made differently")
+    sp = add("index", _cmd_index, "build (or extend with --add) the vector index of a grid's tile embeddings")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("--grid", default=None, help="grid id, e.g. L0-t224-s224 (default: the only one)")
+    sp.add_argument("--model-id", default=None, help="embeddings to index (default: the only ones)")
+    sp.add_argument("--index-type", choices=("flat", "hnsw", "ivfpq"), default=None,
+                    help="force the index type (default: chosen by size and memory budget)")
+    sp.add_argument("--memory-budget-gb", type=float, default=None, help="RAM the index may take (default 4)")
+    sp.add_argument("--add", action="store_true", help="add newly embedded tiles to the existing index")
+
+    sp = add("search", _cmd_search, "find the tiles of one or more paintings that match a text, region, image or spectrum")
+    sp.add_argument("stores", type=Path, nargs="+", help="painting stores, searched as one collection")
+    sp.add_argument("--text", default=None, help="what to look for, in words")
+    sp.add_argument("--region", default=None, metavar="Y0,X0,Y1,X1",
+                    help="exemplar region of the first store (level-0 pixels, or micrometres with --um)")
+    sp.add_argument("--um", action="store_true", help="--region is in micrometres")
+    sp.add_argument("--image", type=Path, default=None, help="exemplar image file (a detail of another painting)")
+    sp.add_argument("--spectrum", type=Path, default=None, help="XRF spectrum file (query through the XRF bridge)")
+    sp.add_argument("--xrf-pixel", default=None, metavar="Y,X", help="XRF pixel of the first store whose spectrum is the query")
+    sp.add_argument("--xrf-region", default=None, metavar="Y0,X0,Y1,X1", help="XRF region (pixels) whose mean spectrum is the query")
+    sp.add_argument("--not", dest="negative", action="append", default=None, metavar="T",
+                    help="text the results should not look like (repeatable)")
+    sp.add_argument("--template", action="append", default=None, help="prompt template with {} (repeatable)")
+    sp.add_argument("--painting-templates", action="store_true", help="average the built-in painting prompt templates")
+    sp.add_argument("-k", type=int, default=20, help="number of results")
+    sp.add_argument("--grid", default=None, help="grid id (default: the only one)")
+    sp.add_argument("--model-id", default=None, help="embeddings to search (default: the only ones)")
+    sp.add_argument("--model", default=None, help="CLIP model for text/image queries (default: the embeddings' model)")
+    sp.add_argument("--pretrained", default=None, help="its weights: tag, checkpoint path or none (default: the embeddings')")
+    sp.add_argument("--no-merge", action="store_true", help="keep overlapping hits")
+    sp.add_argument("--iou", type=float, default=0.3, help="overlap (IoU) above which hits are merged")
     # ------------------------------------------------------------ bridge commands (issue 5)
     return p
 

@@ -81,6 +81,20 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def _to_yxc(arr, axes: str):
+    """View a dask array with NGFF/TIFF axes (e.g. "tczyx", "zyx", "yxs") as (y, x, c).
+
+    Axes other than y, x and c (t, z, ...) are held at index 0; without a c axis one is added.
+    """
+    axes = axes.lower().replace("s", "c")
+    arr = arr[tuple(slice(None) if a in "yxc" else 0 for a in axes)]
+    kept = [a for a in axes if a in "yxc"]
+    if "c" not in kept:
+        arr = arr[..., None]
+        kept.append("c")
+    return arr.transpose([kept.index(a) for a in "yxc"])
+
+
 def file_signature(path: str | Path, max_bytes: int = 1 << 22) -> str:
     """Cheap, stable signature of a source file: size, and a hash of its head and tail.
 
@@ -264,6 +278,8 @@ class PaintingStore:
                 arr = arr.transpose(1, 2, 0)
             elif axes == "yx":
                 arr = arr[..., None]
+            elif axes != "yxc":
+                arr = _to_yxc(arr, axes)
             levels.append(arr)
         return levels
 

@@ -1,0 +1,7 @@
+"""napari integration: layer conversion, reader, sample data, writers and widgets.
+
+Only this subpackage imports napari, magicgui or qtpy, and every Qt class lives in
+:mod:`napari_nightwatch._napari._qt`. The modules at this level (``layers``,
+``reader``, ``sample_data``, ``writers``, ``settings``) are plain functions that
+tests call without a Qt event loop.
+"""

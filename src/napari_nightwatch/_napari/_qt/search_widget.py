@@ -1,0 +1,379 @@
+"""Search panel: text, exemplar and spectrum queries; results as layers and a navigable table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QHBoxLayout,
+    QLineEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+)
+
+from ...core.errors import NightwatchError
+from .. import layers as L
+from .common import Panel, PathEdit, add_layer_data, spin
+
+SOURCES = (
+    "text",
+    "Shapes rectangle",
+    "current view",
+    "image file",
+    "XRF pixel",
+    "XRF rectangle",
+    "spectrum file",
+)
+
+
+@dataclass
+class SearchRequest:
+    """Everything a search needs, read from the panel on the main thread."""
+
+    store: Path
+    grid_id: str
+    model_id: str
+    source: str
+    text: str = ""
+    negative: str = ""
+    box_level0: tuple[float, float, float, float] | None = None
+    image_path: str = ""
+    xrf_pixel: tuple[int, int] | None = None
+    xrf_box: tuple[float, float, float, float] | None = None
+    spectrum_path: str = ""
+    k: int = 20
+
+
+@dataclass
+class SearchResult:
+    """What a search returns to the main thread: hits, heat map and labels."""
+
+    label: str
+    hits: list
+    scores_map: np.ndarray
+    grid: Any
+    pixel_size_um: float
+    random_weights: bool
+
+
+def grid_of(store, grid_id: str):
+    """The TileGrid stored for ``grid_id`` (with its keep-mask)."""
+    from ...core.tiling import TileGrid
+
+    attrs = store.node_attrs(f"grids/{grid_id}")
+    keep = None
+    if store.has(f"grids/{grid_id}/keep"):
+        keep = np.asarray(store.root[f"grids/{grid_id}/keep"][...], bool)
+    return TileGrid.from_attrs(attrs.get("grid", attrs), keep=keep)
+
+
+def query_label(req: SearchRequest) -> str:
+    """Layer base name describing the query in the user's words."""
+    if req.source == "text":
+        label = req.text
+    elif req.source in ("Shapes rectangle", "current view"):
+        y0, x0, y1, x1 = (int(round(v)) for v in req.box_level0)
+        label = f"exemplar {y0},{x0}-{y1},{x1}"
+    elif req.source == "image file":
+        label = f"image {Path(req.image_path).name}"
+    elif req.source == "XRF pixel":
+        label = f"XRF pixel {req.xrf_pixel[0]},{req.xrf_pixel[1]}"
+    elif req.source == "XRF rectangle":
+        y0, x0, y1, x1 = (int(round(v)) for v in req.xrf_box)
+        label = f"XRF region {y0},{x0}-{y1},{x1}"
+    else:
+        label = f"spectrum {Path(req.spectrum_path).name}"
+    if req.negative:
+        label += f" not {req.negative}"
+    return label
+
+
+def run_search(req: SearchRequest, engine_for, progress=None, indexes: dict | None = None) -> SearchResult:
+    """Build the query vector, search the store and compute the similarity map (worker thread).
+
+    ``engine_for(store, model_id)`` returns the CLIP engine matching the embeddings;
+    ``indexes`` caches loaded vector indexes between searches.
+    """
+    from ...core.progress import report
+    from ...project import PaintingStore
+    from ...search import query as Q
+
+    store = PaintingStore.open(req.store)
+    grid = grid_of(store, req.grid_id)
+    report(progress, 0, 3, "query")
+    engine = None
+    if req.source in ("text", "Shapes rectangle", "current view", "image file") or req.negative:
+        engine = engine_for(store, req.model_id)
+    model_id = req.model_id
+    if req.source == "text":
+        vec = Q.text_vector(engine, req.text)
+    elif req.source in ("Shapes rectangle", "current view"):
+        vec = Q.region_vector(store, engine, req.grid_id, req.box_level0, units="px")
+    elif req.source == "image file":
+        vec = Q.image_vector(engine, req.image_path)
+    else:
+        from ...ml.xrf_bridge import spectrum_query_vector
+
+        vec, model_id = spectrum_query_vector(
+            store, spectrum_file=req.spectrum_path or None, xrf_pixel=req.xrf_pixel, xrf_region=req.xrf_box,
+            grid_id=req.grid_id,
+        )
+    if req.negative:
+        vec = Q.combine([(vec, 1.0)], [(Q.text_vector(engine, req.negative), 1.0)])
+    report(progress, 1, 3, "search")
+    hits = list(Q.search([store], vec, grid_id=req.grid_id, model_id=model_id, k=req.k, indexes=indexes))
+    report(progress, 2, 3, "similarity map")
+    smap = Q.similarity_map(store, vec, grid_id=req.grid_id, model_id=model_id)
+    scores = smap[0] if isinstance(smap, tuple) else smap
+    report(progress, 3, 3, "done")
+    sig = store.node_attrs(f"grids/{req.grid_id}/embeddings/{model_id}").get("signature", {})
+    random = str(sig.get("pretrained", "")).lower() == "none" or bool(getattr(engine, "random_weights", False))
+    return SearchResult(query_label(req), hits, np.asarray(scores, np.float32), grid, store.mosaic_pixel_size_um, random)
+
+
+class SearchWidget(Panel):
+    """One panel for the three doors: words, exemplars and XRF spectra."""
+
+    section = "search"
+
+    def __init__(self, napari_viewer) -> None:
+        super().__init__(napari_viewer)
+        self.remember("store", self.store_edit)
+        self.embeddings_combo = QComboBox()
+        self.refresh_button = QPushButton("Refresh")
+        row = QHBoxLayout()
+        row.addWidget(self.embeddings_combo, 1)
+        row.addWidget(self.refresh_button)
+        self.form.addRow("Grid / model", row)
+        self.source_combo = self.remember("source", QComboBox())
+        self.source_combo.addItems(SOURCES)
+        self.form.addRow("Query from", self.source_combo)
+        self.text_edit = self.remember("text", QLineEdit())
+        self.text_edit.setPlaceholderText("e.g. craquelure, blue pigment particles")
+        self.form.addRow("Text", self.text_edit)
+        self.negative_edit = self.remember("negative", QLineEdit())
+        self.negative_edit.setPlaceholderText("optional: not like this text")
+        self.form.addRow("Not", self.negative_edit)
+        self.shapes_combo = QComboBox()
+        self.form.addRow("Shapes layer", self.shapes_combo)
+        self.image_edit = self.remember("image", PathEdit("exemplar image file", filter="Images (*.png *.jpg *.jpeg *.tif *.tiff)"))
+        self.form.addRow("Image", self.image_edit)
+        self.xrf_y = spin(0, 1_000_000, 0)
+        self.xrf_x = spin(0, 1_000_000, 0)
+        self.pick_button = QPushButton("Pick on viewer")
+        self.pick_button.setCheckable(True)
+        prow = QHBoxLayout()
+        prow.addWidget(self.xrf_y)
+        prow.addWidget(self.xrf_x)
+        prow.addWidget(self.pick_button)
+        self.form.addRow("XRF pixel y, x", prow)
+        self.spectrum_edit = self.remember("spectrum", PathEdit("spectrum file (.spx .mca .msa .spe .csv)"))
+        self.form.addRow("Spectrum", self.spectrum_edit)
+        self.k_spin = self.remember("k", spin(1, 1000, 20))
+        self.form.addRow("k", self.k_spin)
+        self.search_button = QPushButton("Search")
+        self.layout_.addWidget(self.search_button)
+        self.layout_.addWidget(self.runner)
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["rank", "score", "y (um)", "x (um)"])
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.currentCellChanged.connect(lambda row, *_: self.go_to_hit(row))
+        self.table.cellClicked.connect(lambda row, _c: self.go_to_hit(row))
+        self.layout_.addWidget(self.table, 1)
+
+        self.refresh_button.clicked.connect(self.guarded(self.refresh_embeddings))
+        self.search_button.clicked.connect(self.guarded(self.search))
+        self.pick_button.toggled.connect(self._toggle_pick)
+        self.viewer.layers.events.inserted.connect(self._refresh_shapes)
+        self.viewer.layers.events.removed.connect(self._refresh_shapes)
+        self.store_edit.edit.editingFinished.connect(self.guarded(self.refresh_embeddings))
+        self._engines: dict[tuple, Any] = {}
+        self._indexes: dict = {}
+        self.hits: list[dict] = []
+        self.last_result: SearchResult | None = None
+        self.last_layers: list = []
+        self.restore()
+        self._refresh_shapes()
+        if self.store_edit.text():
+            try:
+                self.refresh_embeddings()
+            except NightwatchError:
+                pass
+
+    # ------------------------------------------------------------------ inputs
+    def _refresh_shapes(self, event=None) -> None:
+        from napari.layers import Shapes
+
+        current = self.shapes_combo.currentText()
+        self.shapes_combo.clear()
+        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Shapes) and not ly.name.startswith("hit boxes")]
+        self.shapes_combo.addItems(names)
+        if current in names:
+            self.shapes_combo.setCurrentText(current)
+
+    def refresh_embeddings(self) -> None:
+        """List the store's grid/model pairs that can be searched."""
+        from ...ml.embed import list_embeddings
+
+        store = self.open_store()
+        self._indexes.clear()  # a re-embedded grid gets a new index
+        current = self.embeddings_combo.currentText()
+        self.embeddings_combo.clear()
+        for gid, models in list_embeddings(store).items():
+            for mid in models:
+                self.embeddings_combo.addItem(f"{gid} / {mid}")
+        if current and self.embeddings_combo.findText(current) >= 0:
+            self.embeddings_combo.setCurrentText(current)
+
+    def _toggle_pick(self, on: bool) -> None:
+        cb = self._on_click
+        if on and cb not in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.append(cb)
+        elif not on and cb in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(cb)
+
+    def _on_click(self, viewer, event) -> None:
+        self.pick_xrf_pixel(event.position)
+
+    def pick_xrf_pixel(self, position_um) -> tuple[int, int]:
+        """Set the XRF pixel from a point in micrometres (a click on the viewer)."""
+        store = self.open_store()
+        y, x = L.um_to_xrf_pixel(position_um, store.xrf_affine, store.mosaic_pixel_size_um)
+        self.xrf_y.setValue(max(0, y))
+        self.xrf_x.setValue(max(0, x))
+        self.source_combo.setCurrentText("XRF pixel")
+        return y, x
+
+    def _rectangle_um(self) -> np.ndarray:
+        name = self.shapes_combo.currentText()
+        if not name or name not in self.viewer.layers:
+            raise NightwatchError("Draw a rectangle in a Shapes layer and choose that layer for the exemplar.")
+        layer = self.viewer.layers[name]
+        if not len(layer.data):
+            raise NightwatchError(f"The Shapes layer '{name}' has no shapes; draw a rectangle on the painting.")
+        sel = sorted(layer.selected_data)
+        idx = sel[-1] if sel else len(layer.data) - 1
+        return np.array([layer.data_to_world(p) for p in np.asarray(layer.data[idx])])
+
+    def view_box_um(self) -> np.ndarray:
+        """Corners (4, 2) in micrometres of what the canvas shows now."""
+        cy, cx = self.viewer.camera.center[-2:]
+        h, w = getattr(self.viewer, "_canvas_size", (600, 800))
+        zoom = self.viewer.camera.zoom
+        hh, hw = h / zoom / 2, w / zoom / 2
+        return np.array([[cy - hh, cx - hw], [cy - hh, cx + hw], [cy + hh, cx + hw], [cy + hh, cx - hw]])
+
+    def request(self) -> SearchRequest:
+        """Read the panel's inputs (main thread) into a :class:`SearchRequest`."""
+        store = self.open_store()
+        if not self.embeddings_combo.count():
+            self.refresh_embeddings()
+        choice = self.embeddings_combo.currentText()
+        if not choice:
+            raise NightwatchError(f"{store.path} has no tile embeddings yet; run the Embed panel first.")
+        grid_id, model_id = (s.strip() for s in choice.split("/", 1))
+        src = self.source_combo.currentText()
+        req = SearchRequest(store.path, grid_id, model_id, src, negative=self.negative_edit.text().strip(),
+                            k=self.k_spin.value())
+        p = store.mosaic_pixel_size_um
+        if src == "text":
+            req.text = self.text_edit.text().strip()
+            if not req.text:
+                raise NightwatchError("Type what to look for in the Text box (for example 'craquelure').")
+        elif src == "Shapes rectangle":
+            req.box_level0 = L.um_rect_to_level0_box(self._rectangle_um(), p)
+        elif src == "current view":
+            h, w = store.mosaic_shape
+            y0, x0, y1, x1 = L.um_rect_to_level0_box(self.view_box_um(), p)
+            req.box_level0 = (max(0.0, y0), max(0.0, x0), min(float(h), y1), min(float(w), x1))
+        elif src == "image file":
+            req.image_path = self.image_edit.text()
+            if not req.image_path:
+                raise NightwatchError("Choose an exemplar image file.")
+        elif src == "XRF pixel":
+            req.xrf_pixel = (self.xrf_y.value(), self.xrf_x.value())
+        elif src == "XRF rectangle":
+            req.xrf_box = L.um_rect_to_xrf_box(self._rectangle_um(), store.xrf_affine, p)
+        else:
+            req.spectrum_path = self.spectrum_edit.text()
+            if not req.spectrum_path:
+                raise NightwatchError("Choose a spectrum file (.spx, .mca, .msa, .spe or two-column .csv).")
+        return req
+
+    # ------------------------------------------------------------------ running
+    def engine_for(self, store, model_id: str):
+        """The CLIP engine the embeddings were made with (loaded once; worker thread)."""
+        from ...ml.clip import load_clip
+
+        key = (str(store.path), model_id)
+        if key in self._engines:
+            return self._engines[key]
+        for gid, _ in store.root["grids"].groups():
+            path = f"grids/{gid}/embeddings/{model_id}"
+            sig = store.node_attrs(path).get("signature", {}) if store.has(path) else {}
+            if sig:
+                pretrained = str(sig.get("pretrained") or "none")
+                if pretrained.startswith("checkpoint:"):
+                    raise NightwatchError(
+                        f"The embeddings {model_id} were made from a local checkpoint; text and image queries need "
+                        "that checkpoint loaded, which this panel cannot find from the store alone.")
+                self._engines[key] = load_clip(sig["model"], pretrained)
+                return self._engines[key]
+        raise NightwatchError(f"{store.path} has no embeddings for model {model_id}.")
+
+    def search(self):
+        req = self.request()
+        return self.start(lambda progress: run_search(req, self.engine_for, progress, self._indexes), self.show_result,
+                          "search")
+
+    def show_result(self, res: SearchResult) -> None:
+        """Add the hits, their boxes and the similarity map as new layers; fill the table."""
+        suffix = " (random weights)" if res.random_weights else ""
+        name = res.label + suffix
+        boxes = np.array([list(_get(h, "box")) for h in res.hits], float).reshape(-1, 4)
+        scores = np.array([float(_get(h, "score")) for h in res.hits])
+        tiles = np.array([int(_get(h, "tile")) for h in res.hits], dtype=np.int64)
+        new = []
+        new.append(add_layer_data(self.viewer, L.similarity_map_layer(res.scores_map, res.grid, res.pixel_size_um,
+                                                                      f"similarity: {name}")))
+        for ld in L.hit_layers(boxes, scores, res.label, res.pixel_size_um, name=name, tiles=tiles):
+            new.append(add_layer_data(self.viewer, ld))
+        self.last_result = res
+        self.last_layers = new
+        self.hits = [{"rank": i + 1, "score": float(scores[i]), "box": boxes[i],
+                      "center_um": L.box_level0_center_um(boxes[i], res.pixel_size_um)} for i in range(len(boxes))]
+        self.table.blockSignals(True)
+        self.table.setRowCount(len(self.hits))
+        for r, h in enumerate(self.hits):
+            for c, v in enumerate((str(h["rank"]), f"{h['score']:.4f}", f"{h['center_um'][0]:.1f}",
+                                   f"{h['center_um'][1]:.1f}")):
+                item = QTableWidgetItem(v)
+                item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
+                self.table.setItem(r, c, item)
+        self.table.blockSignals(False)
+
+    def go_to_hit(self, row: int) -> None:
+        """Centre the camera on hit ``row`` and zoom so that its tile fills about a third of the view."""
+        if not (0 <= row < len(self.hits)):
+            return
+        h = self.hits[row]
+        tile_um = float(h["box"][2] - h["box"][0]) * self.last_result.pixel_size_um
+        self.viewer.camera.center = tuple(float(v) for v in h["center_um"])
+        ch, cw = getattr(self.viewer, "_canvas_size", (600, 800))
+        self.viewer.camera.zoom = max(min(ch, cw) / (3.0 * tile_um), 1e-6)
+        if self.last_layers:
+            pts = self.last_layers[1]
+            pts.selected_data = {row}
+
+
+def _get(hit, key: str):
+    return hit[key] if isinstance(hit, dict) else getattr(hit, key)

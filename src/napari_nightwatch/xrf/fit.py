@@ -1,0 +1,516 @@
+"""Fast per-pixel linear fitting of XRF spectra on line-family templates.
+
+Every spectrum ``y`` (channels in the fit range) is modelled as ``A @ x`` with
+``x >= 0``: the columns of ``A`` are the unit-area family templates, the Rayleigh
+and Compton scatter peaks and smooth background terms (the continuum shape, the
+SNIP background of the mean spectrum and a few wide cubic B-splines), or, with
+``background="snip"``, each pixel's own SNIP background is subtracted first.
+
+Least squares is weighted once for the whole cube by the inverse mean spectrum (the
+Poisson variance of an average pixel), so the normal matrix ``G = A^T W A`` is shared
+by all pixels and the work per pixel is one matrix product ``b = y @ (W A)`` plus a
+small non-negative solve. The non-negative solve is an active-set method batched
+over pixels: pixels that share the same set of active terms are solved together with
+one cached inverse, so there is no Python loop per pixel.
+
+Uncertainties are the Poisson propagation through the linear estimator,
+``var(x_k) = sum_e M_ke^2 * model_e`` with ``M = G^-1 A^T W`` (the unconstrained
+estimator); reduced chi-square is Pearson's ``sum (y - m)^2 / max(m, 1) / dof``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.errors import NightwatchError
+from .background import snip, snip_width_channels
+from .lines import LineFamily
+from .model import RH_K_KEV, Detector, continuum, family_template, scatter_templates
+
+BACKGROUND_MODES = ("basis", "snip")
+
+
+@dataclass(eq=False)
+class FitModel:
+    """The linear model shared by every pixel of a cube (see :func:`build_fit_model`).
+
+    Attributes
+    ----------
+    energies_kev
+        Energy of every channel of the cube (E,).
+    families
+        The fitted line families, in output order.
+    lo, hi
+        Fit range as channel indices ``[lo, hi)``.
+    design
+        (hi - lo, k) columns: families first, then scatter and background terms.
+    term_names
+        Name of each column.
+    weights
+        Channel weights (hi - lo,) of the least squares.
+    background
+        "basis" or "snip".
+    snip_width
+        SNIP half-window in channels (used when ``background == "snip"``).
+    """
+
+    energies_kev: np.ndarray
+    families: tuple[LineFamily, ...]
+    detector: Detector
+    lo: int
+    hi: int
+    design: np.ndarray
+    term_names: tuple[str, ...]
+    weights: np.ndarray
+    background: str
+    snip_width: int
+    gram: np.ndarray = field(init=False, repr=False)
+    projector: np.ndarray = field(init=False, repr=False)
+    estimator_sq: np.ndarray = field(init=False, repr=False)
+    nonneg: np.ndarray = field(init=False, repr=False)
+    variance_matrix: np.ndarray = field(init=False, repr=False)
+    design_f32: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        a = self.design
+        aw = a * self.weights[:, None]
+        self.gram = a.T @ aw
+        self.projector = aw.astype(np.float32)
+        try:
+            ginv = np.linalg.inv(self.gram)
+        except np.linalg.LinAlgError as exc:
+            raise NightwatchError(
+                "The fit terms are linearly dependent on this energy axis (two families with identical lines?)."
+            ) from exc
+        m = ginv @ aw.T  # (k, E_fit) unconstrained estimator
+        self.estimator_sq = (m * m).astype(np.float64)
+        self.variance_matrix = self.estimator_sq @ a  # (k, k): var = x @ variance_matrix.T
+        self.design_f32 = np.ascontiguousarray(a.T, dtype=np.float32)
+        # element families must be >= 0; scatter and smooth background terms are nuisance
+        # terms left free, which lets the solver eliminate them exactly (Schur complement)
+        self.nonneg = np.arange(a.shape[1]) < len(self.families)
+
+    @property
+    def n_families(self) -> int:
+        return len(self.families)
+
+    @property
+    def family_names(self) -> list[str]:
+        return [f.name for f in self.families]
+
+    @property
+    def n_terms(self) -> int:
+        return self.design.shape[1]
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.energies_kev.size)
+
+    def describe(self) -> dict:
+        """JSON-able description (provenance of maps made with this model)."""
+        return {
+            "families": self.family_names,
+            "terms": list(self.term_names),
+            "fit_range_kev": [float(self.energies_kev[self.lo]), float(self.energies_kev[self.hi - 1])],
+            "background": self.background,
+            "snip_width": int(self.snip_width),
+            "detector": {
+                "fwhm_mn_ka_ev": self.detector.fwhm_mn_ka_ev,
+                "fano": self.detector.fano,
+                "escape": self.detector.escape,
+            },
+        }
+
+
+def _bspline_basis(x: np.ndarray, n: int) -> np.ndarray:
+    """(len(x), n) uniform cubic B-splines spanning ``x``: smooth non-negative bumps."""
+    from scipy.interpolate import BSpline
+
+    k = 3
+    lo, hi = float(x[0]), float(x[-1])
+    inner = np.linspace(lo, hi, n - k + 1)
+    step = inner[1] - inner[0]
+    t = np.concatenate([lo - step * np.arange(k, 0, -1), inner, hi + step * np.arange(1, k + 1)])
+    dm = BSpline.design_matrix(np.clip(x, lo, hi), t, k).toarray()
+    return dm[:, k : k + n] if dm.shape[1] > n else dm
+
+
+def build_fit_model(
+    energies_kev: np.ndarray,
+    families: Sequence[LineFamily],
+    *,
+    detector: Detector | None = None,
+    mean_spectrum: np.ndarray | None = None,
+    excitation_kev: float = 50.0,
+    background: str = "basis",
+    n_background: int = 8,
+    min_kev: float | None = None,
+    max_kev: float | None = None,
+    tube_kev: float | Sequence[float] | None = RH_K_KEV,
+) -> FitModel:
+    """Build the shared linear model for fitting spectra on this energy axis.
+
+    Parameters
+    ----------
+    energies_kev
+        Channel energies of the spectra (E,).
+    families
+        Line families to fit (at least one).
+    detector
+        Peak-width/escape model.
+    mean_spectrum
+        Mean spectrum per pixel (E,): sets the least-squares weights and, for
+        ``background="basis"``, adds its SNIP background as a background shape.
+    excitation_kev
+        Tube voltage, for the continuum shape.
+    background
+        "basis" (background terms fitted per pixel, fast) or "snip" (each pixel's
+        SNIP background subtracted before fitting).
+    n_background
+        Number of B-spline background terms (basis mode).
+    min_kev, max_kev
+        Fit range; by default from 0.5 keV below the lowest line of the families to
+        just above the highest line or the tube's scatter peaks.
+    tube_kev
+        Tube line energies for the scatter terms; ``None`` for no scatter terms.
+
+    Returns
+    -------
+    FitModel
+    """
+    det = detector or Detector()
+    if background not in BACKGROUND_MODES:
+        raise NightwatchError(f"background={background!r} is not one of {BACKGROUND_MODES}.")
+    e = np.asarray(energies_kev, dtype=np.float64)
+    families = tuple(families)
+    if not families:
+        raise NightwatchError("No line families to fit; give at least one, e.g. 'Pb-L'.")
+    names = [f.name for f in families]
+    if len(set(names)) != len(names):
+        raise NightwatchError(f"The family list {names} names a family twice.")
+    # the family templates check that each main line lies on the axis
+    templates = [family_template(f, e, det) for f in families]
+    significant = [f.energies_kev[f.intensities > 0.01] for f in families]
+    lowest = min(float(s.min()) for s in significant)
+    highest = max(float(s.max()) for s in significant)
+    tubes = [] if tube_kev is None else [float(t) for t in np.atleast_1d(tube_kev)]
+    if min_kev is None:
+        min_kev = max(lowest - 0.5, 0.6, float(e[0]))
+    if max_kev is None:
+        top = highest + 0.6
+        in_axis = [t for t in tubes if t + 0.5 <= e[-1]]
+        if in_axis:
+            top = max(top, max(in_axis) + 0.8)
+        max_kev = min(top, float(e[-1]))
+    lo = int(np.searchsorted(e, min_kev, side="left"))
+    hi = int(np.searchsorted(e, max_kev, side="right"))
+    if hi - lo < 16:
+        raise NightwatchError(
+            f"The fit range {min_kev:.2f}-{max_kev:.2f} keV covers only {hi - lo} channels of the energy axis "
+            f"{e[0]:.2f}-{e[-1]:.2f} keV; the axis is too short for the lines asked for."
+        )
+    cols = [t[lo:hi] for t in templates]
+    term_names = list(names)
+    if tubes:
+        sc = scatter_templates(e, det, tube_kev=tubes)
+        labels = [f"rayleigh-{t:.2f}" for t in tubes] + [f"compton-{t:.2f}" for t in tubes]
+        for row, label in zip(sc, labels, strict=True):
+            part = row[lo:hi]
+            if part.sum() > 0.3:  # a scatter peak mostly outside the range cannot be fitted
+                cols.append(part)
+                term_names.append(label)
+    mean = None
+    if mean_spectrum is not None:
+        mean = np.asarray(mean_spectrum, dtype=np.float64)
+        if mean.shape != e.shape:
+            raise NightwatchError(
+                f"The mean spectrum has {mean.shape} channels; expected {e.shape} like the energy axis."
+            )
+        if not np.isfinite(mean).all() or (mean < 0).any():
+            raise NightwatchError("The mean spectrum contains NaN or negative counts.")
+    width = snip_width_channels(e, det)
+    if background == "basis":
+        cont = continuum(e, excitation_kev)[lo:hi]
+        if cont.sum() > 1e-6:
+            cols.append(cont / cont.sum())
+            term_names.append("continuum")
+        if mean is not None and mean.sum() > 0:
+            bg = snip(mean, width=min(width, (hi - lo) // 2 - 1))[lo:hi]
+            if bg.sum() > 0:
+                cols.append(bg / bg.sum())
+                term_names.append("mean-background")
+        basis = _bspline_basis(e[lo:hi], int(n_background))
+        for i in range(basis.shape[1]):
+            cols.append(basis[:, i] / basis[:, i].sum())
+            term_names.append(f"background-{i}")
+    design = np.stack(cols, axis=1)
+    if mean is not None and mean.sum() > 0:
+        # Poisson variance of the average pixel; a small floor keeps empty channels finite
+        smooth = np.convolve(mean, np.ones(5) / 5, mode="same")[lo:hi]
+        floor = max(1e-3 * float(smooth.max()), 1e-9)
+        weights = 1.0 / np.maximum(smooth, floor)
+        weights /= weights.mean()
+    else:
+        weights = np.ones(hi - lo)
+    return FitModel(e, families, det, lo, hi, design, tuple(term_names), weights, background, width)
+
+
+# ---------------------------------------------------------------- batched non-negative solve
+def _masked_solve(g: np.ndarray, b: np.ndarray, passive: np.ndarray) -> np.ndarray:
+    """Solve ``G_PP x_P = b_P`` (``x = 0`` outside P) for every row with its own set P.
+
+    One batched LAPACK call: the inactive rows/columns of each row's matrix are
+    replaced by the identity, so all systems share one shape.
+    """
+    k = g.shape[0]
+    pp = passive[:, :, None] & passive[:, None, :]
+    m = np.where(pp, g[None], 0.0)
+    idx = np.arange(k)
+    m[:, idx, idx] = np.where(passive, np.diag(g)[None], 1.0)
+    return np.linalg.solve(m, np.where(passive, b, 0.0)[..., None])[..., 0]
+
+
+def _nnls_all_constrained(g: np.ndarray, b: np.ndarray, max_iter: int) -> np.ndarray:
+    n, k = b.shape
+    x = b @ np.linalg.inv(g)
+    passive = np.ones((n, k), dtype=bool)
+    diag = np.diag(g)
+    scale = np.maximum(np.abs(b).max(axis=1), 1.0) ** 2
+    for _ in range(max_iter):
+        neg = (x < 0) & passive
+        bad = np.flatnonzero(neg.any(axis=1))
+        if bad.size:
+            # drop every negative term at once, then re-solve only the rows that changed
+            passive[bad] &= ~neg[bad]
+            x[bad] = _masked_solve(g, b[bad], passive[bad])
+            continue
+        grad = b - x @ g
+        # KKT: re-admit the inactive term whose entry would lower the cost the most
+        gain = np.where(~passive & (grad > 0), grad * grad / diag, 0.0)
+        cand = gain > 1e-10 * scale[:, None]
+        rows = np.flatnonzero(cand.any(axis=1))
+        if rows.size == 0:
+            break
+        j = np.argmax(np.where(cand[rows], gain[rows], -1.0), axis=1)
+        passive[rows, j] = True
+        x[rows] = _masked_solve(g, b[rows], passive[rows])
+    return np.clip(x, 0.0, None)
+
+
+def batched_nnls(
+    gram: np.ndarray,
+    rhs: np.ndarray,
+    nonneg: np.ndarray | None = None,
+    *,
+    max_iter: int | None = None,
+) -> np.ndarray:
+    """Solve ``min 1/2 x^T G x - b^T x`` with ``x_j >= 0`` for constrained j, many ``b`` at once.
+
+    Free terms are eliminated first (Schur complement), so the active-set loop only
+    sees the constrained ones. The active-set loop starts from the unconstrained
+    solution, drops terms that come out negative, re-admits the inactive term whose
+    gradient says it would lower the cost most (the KKT condition) and repeats; each
+    step is one batched solve over the rows that changed, with no loop per row.
+
+    Parameters
+    ----------
+    gram
+        (k, k) symmetric positive-definite matrix ``A^T W A``.
+    rhs
+        (n, k) right-hand sides ``A^T W y``.
+    nonneg
+        (k,) bool, True for terms constrained to be >= 0 (default: all).
+    max_iter
+        Iteration cap (default ``3 k``); the constrained result is clipped to ``>= 0``.
+
+    Returns
+    -------
+    np.ndarray
+        (n, k) solutions.
+    """
+    g = np.asarray(gram, dtype=np.float64)
+    b = np.atleast_2d(np.asarray(rhs, dtype=np.float64))
+    k = g.shape[0]
+    con = np.ones(k, bool) if nonneg is None else np.asarray(nonneg, bool)
+    c = np.flatnonzero(con)
+    f = np.flatnonzero(~con)
+    max_iter = 3 * k if max_iter is None else int(max_iter)
+    x = np.zeros_like(b)
+    if f.size == 0:
+        return _nnls_all_constrained(g, b, max_iter)
+    gff_inv = np.linalg.inv(g[np.ix_(f, f)])
+    if c.size == 0:
+        x[:, f] = b[:, f] @ gff_inv
+        return x
+    g_cf = g[np.ix_(c, f)]
+    coupling = gff_inv @ g_cf.T  # (f, c)
+    schur = g[np.ix_(c, c)] - g_cf @ coupling
+    b_c = b[:, c] - b[:, f] @ coupling
+    xc = _nnls_all_constrained(schur, b_c, max_iter)
+    x[:, c] = xc
+    x[:, f] = (b[:, f] - xc @ g_cf) @ gff_inv
+    return x
+
+
+# ---------------------------------------------------------------- fitting spectra
+@dataclass
+class SpectraFit:
+    """Result of :func:`fit_spectra` for n spectra.
+
+    Attributes
+    ----------
+    areas
+        (n, n_families) fitted counts per family (NaN for masked spectra).
+    uncertainty
+        (n, n_families) standard uncertainty of the areas (counts).
+    chi2
+        (n,) reduced chi-square.
+    terms
+        (n, k) every fitted coefficient (families, scatter, background).
+    valid
+        (n,) False where the spectrum was masked (NaN, infinite or negative counts).
+    """
+
+    areas: np.ndarray
+    uncertainty: np.ndarray
+    chi2: np.ndarray
+    terms: np.ndarray
+    valid: np.ndarray
+
+
+def fit_spectra(spectra: np.ndarray, model: FitModel, *, max_iter: int | None = None) -> SpectraFit:
+    """Fit many spectra at once (no loop per spectrum).
+
+    Parameters
+    ----------
+    spectra
+        (n, E) or (E,) counts on the model's energy axis. Spectra with NaN, infinite
+        or negative counts are masked (NaN results), not fatal.
+    model
+        From :func:`build_fit_model`.
+    max_iter
+        Active-set iteration cap (see :func:`batched_nnls`).
+
+    Returns
+    -------
+    SpectraFit
+    """
+    y_all = np.asarray(spectra)
+    single = y_all.ndim == 1
+    y_all = np.atleast_2d(y_all)
+    if y_all.shape[-1] != model.n_channels:
+        raise NightwatchError(
+            f"The spectra have {y_all.shape[-1]} channels but the fit model expects {model.n_channels}."
+        )
+    y = np.ascontiguousarray(y_all[:, model.lo : model.hi], dtype=np.float32)
+    with np.errstate(invalid="ignore"):
+        # NaN >= 0 is False, so this one pass catches NaN and negative counts
+        valid = (y >= 0).all(axis=1)
+    bg = None
+    if model.background == "snip":
+        full = np.where(valid[:, None], np.nan_to_num(y_all, nan=0.0, posinf=0.0), 0.0)
+        bg = snip(full, width=model.snip_width)[:, model.lo : model.hi].astype(np.float32)
+        target = y - bg
+    else:
+        target = y
+    rhs = (target @ model.projector).astype(np.float64)
+    valid &= np.isfinite(rhs).all(axis=1)  # +inf counts
+    if not valid.all():
+        rhs[~valid] = 0.0
+        target = np.where(valid[:, None], target, 0.0).astype(np.float32)
+        if bg is not None:
+            bg = np.where(valid[:, None], bg, 0.0).astype(np.float32)
+    x = batched_nnls(model.gram, rhs, model.nonneg, max_iter=max_iter)
+    # Poisson propagation var(x_k) = sum_e M_ke^2 * expected_e, with expected = A x (+ bg):
+    # the A x part collapses to a (k, k) matrix, so it costs nothing per channel
+    var = x @ model.variance_matrix.T
+    if bg is not None:
+        var += bg.astype(np.float64) @ model.estimator_sq.T
+    np.clip(var, 0.0, None, out=var)
+    work = x.astype(np.float32) @ model.design_f32  # (n, E_fit) fitted, then reused in place
+    expected = work + bg if bg is not None else work
+    denom = np.maximum(expected, 1.0)
+    np.subtract(target, work, out=work)
+    np.multiply(work, work, out=work)
+    np.divide(work, denom, out=work)
+    n_active = (x[:, : model.n_families] > 0).sum(axis=1) + (model.n_terms - model.n_families)
+    dof = np.maximum(model.hi - model.lo - n_active, 1)
+    chi2 = work.sum(axis=1, dtype=np.float64) / dof
+    nf = model.n_families
+    areas = x[:, :nf].copy()
+    sigma = np.sqrt(var[:, :nf])
+    areas[~valid] = np.nan
+    sigma[~valid] = np.nan
+    chi2 = chi2.astype(np.float64)
+    chi2[~valid] = np.nan
+    x[~valid] = np.nan
+    if single:
+        return SpectraFit(areas[0], sigma[0], chi2[:1], x[0], valid[:1])
+    return SpectraFit(areas, sigma, chi2, x, valid)
+
+
+def fit_block(block: np.ndarray, model: FitModel) -> np.ndarray:
+    """Fit one (..., E) block of a cube; returns (..., 2 * n_families + 1) float32.
+
+    The last axis holds the areas, then their uncertainties, then reduced chi-square.
+    """
+    shape = block.shape[:-1]
+    res = fit_spectra(np.asarray(block).reshape(-1, block.shape[-1]), model)
+    out = np.concatenate([res.areas, res.uncertainty, res.chi2[:, None]], axis=1).astype(np.float32)
+    return out.reshape(shape + (out.shape[-1],))
+
+
+def fit_cube(cube, model: FitModel):
+    """Lazy per-pixel fit of a (y, x, E) cube with dask ``map_blocks``.
+
+    Parameters
+    ----------
+    cube
+        numpy or dask array (y, x, E); re-chunked so each block holds whole spectra.
+    model
+        From :func:`build_fit_model`.
+
+    Returns
+    -------
+    dask.array.Array
+        (y, x, 2 * n_families + 1) float32: areas, uncertainties, reduced chi-square.
+        Memory while computing is bounded by the block size times the workers.
+    """
+    import dask.array as da
+
+    arr = cube if isinstance(cube, da.Array) else da.from_array(cube, chunks=(64, 64, -1))
+    if arr.ndim != 3:
+        raise NightwatchError(f"An MA-XRF cube must be (y, x, energy); got {arr.ndim} dimensions.")
+    arr = arr.rechunk({2: -1})
+    n_out = 2 * model.n_families + 1
+    return arr.map_blocks(
+        fit_block, model, dtype=np.float32, chunks=arr.chunks[:2] + ((n_out,),), meta=np.empty((0, 0, 0), np.float32)
+    )
+
+
+def spectra_per_second(n_spectra: int, seconds: float) -> float:
+    """Throughput, guarded against a zero time."""
+    return float(n_spectra) / max(seconds, 1e-9)
+
+
+def timed_fit(spectra: np.ndarray, model: FitModel) -> tuple[SpectraFit, float]:
+    """:func:`fit_spectra` and its wall time in seconds (for benchmarks)."""
+    t0 = time.perf_counter()
+    res = fit_spectra(spectra, model)
+    return res, time.perf_counter() - t0
+
+
+__all__ = [
+    "BACKGROUND_MODES",
+    "FitModel",
+    "SpectraFit",
+    "batched_nnls",
+    "build_fit_model",
+    "fit_block",
+    "fit_cube",
+    "fit_spectra",
+]

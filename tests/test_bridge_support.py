@@ -1,0 +1,86 @@
+"""Shared helpers of the bridge tests (issue 5): an informative image encoder and a
+synthetic painting made ready for the bridge (fitted maps, grid, embeddings).
+
+The pretrained CLIP weights cannot be reached here, so the machinery is proven with
+embeddings that carry known information: colour and texture statistics of each tile,
+lifted to 512 dimensions by seeded random Fourier features (so that the cosine
+between two tiles is a Gaussian kernel of their statistics, as a good image model's
+similarity would be), written through the real embedding pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+TILE = 16  # mosaic px: 2 x 2 XRF pixels of the synthetic painting (8 px each)
+
+
+class ColourTextureEngine:
+    """A deterministic image "model" with the interface ``embed_store`` needs.
+
+    Features per tile: mean and standard deviation of R, G, B, the 10/50/90 %
+    luminance quantiles, and the mean gradient magnitude (texture), each divided by a
+    bandwidth; embedded by ``sqrt(2/D) cos(W f + b)`` with seeded Gaussian ``W``.
+    """
+
+    BANDWIDTH = np.array([0.05] * 3 + [0.04] * 3 + [0.08] * 3 + [0.04], np.float32)
+
+    def __init__(self, dim: int = 512, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.dim = dim
+        self.w = rng.standard_normal((len(self.BANDWIDTH), dim)).astype(np.float32)
+        self.b = rng.uniform(0, 2 * np.pi, dim).astype(np.float32)
+        digest = hashlib.sha256(self.w.tobytes() + self.b.tobytes()).hexdigest()[:16]
+        self.model_id = f"colour-texture-{dim}__seed{seed}"
+        self.model_hash = digest
+        self.random_weights = False
+        self.signature = {
+            "model": "colour-texture",
+            "pretrained": f"seed:{seed}",
+            "model_hash": digest,
+            "dim": dim,
+            "preprocessing": {"features": "rgb mean/std, luminance q10/50/90, gradient", "bandwidth": self.BANDWIDTH.tolist()},
+            "package_version": "test",
+        }
+        self.spec = {"kind": "colour-texture", "dim": dim, "seed": seed}
+
+    def preprocess(self, tiles: np.ndarray) -> np.ndarray:
+        t = np.asarray(tiles, np.float32) / 255.0
+        n = t.shape[0]
+        flat = t.reshape(n, -1, 3)
+        lum = flat @ np.array([0.299, 0.587, 0.114], np.float32)
+        gy = np.abs(np.diff(t.mean(-1), axis=1)).reshape(n, -1).mean(1)
+        gx = np.abs(np.diff(t.mean(-1), axis=2)).reshape(n, -1).mean(1)
+        f = np.concatenate(
+            [flat.mean(1), flat.std(1), np.quantile(lum, [0.1, 0.5, 0.9], axis=1).T, ((gx + gy) / 2)[:, None]], 1
+        )
+        return (f / self.BANDWIDTH).astype(np.float32)
+
+    def encode_preprocessed(self, feats: np.ndarray) -> np.ndarray:
+        z = np.cos(feats @ self.w + self.b)
+        return (z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32)
+
+    def encode_images(self, tiles: np.ndarray) -> np.ndarray:
+        return self.encode_preprocessed(self.preprocess(tiles))
+
+
+def bridge_ready_store(path: Path, *, size: int = 512, seed: int = 0, tile: int = TILE, register: bool = True):
+    """Synthetic painting -> registered -> fitted element maps -> grid -> embeddings."""
+    from napari_nightwatch.ml.embed import embed_store, make_grid
+    from napari_nightwatch.synth import load_ground_truth, synthesize_painting
+    from napari_nightwatch.xrf.maps import fit_store
+
+    store = synthesize_painting(path, size=size, seed=seed)
+    gt = load_ground_truth(store)
+    fit_store(store, elements=list(gt.families), refine=False)
+    if register:
+        from napari_nightwatch.xrf.registration import register_store
+
+        register_store(store, auto=True)
+    grid = make_grid(store, tile=tile, mask="none")
+    engine = ColourTextureEngine()
+    embed_store(store, engine, grid, batch_size=256, num_workers=1)
+    return store, gt, engine

@@ -1,0 +1,203 @@
+"""The tile-embedding pipeline on a small mosaic store with the tiny model: grids and masks,
+end to end against direct encoding, resume after cancel, signatures, LocalCluster, CLI."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from napari_nightwatch.core.errors import Cancelled, NightwatchError
+from napari_nightwatch.io.mosaic import write_mosaic_array
+from napari_nightwatch.ml.clip import load_clip
+from napari_nightwatch.ml.embed import (
+    embed_store,
+    list_embeddings,
+    load_embeddings,
+    load_grid,
+    make_grid,
+)
+from napari_nightwatch.project import PaintingStore
+
+pytest.importorskip("torch")
+
+H, W, BORDER, TILE = 640, 768, 128, 64
+# fp16 storage: |error| <= 2**-11 relative, about 5e-4 on unit-vector components
+FP16_ATOL = 2e-3
+
+
+def _mosaic(seed: int = 0) -> np.ndarray:
+    """A painted field of textured pigment patches inside a uniform (scanner padding) border."""
+    rng = np.random.default_rng(seed)
+    img = np.full((H, W, 3), 238, np.uint8)
+    colours = np.array([[30, 60, 150], [200, 40, 30], [220, 200, 60], [40, 110, 50]], float)
+    for y in range(BORDER, H - BORDER, TILE):
+        for x in range(BORDER, W - BORDER, TILE):
+            c = colours[rng.integers(len(colours))]
+            patch = c + rng.normal(0, 25, (TILE, TILE, 3))
+            img[y : y + TILE, x : x + TILE] = np.clip(patch, 0, 255).astype(np.uint8)
+    return img
+
+
+def _store(path, seed: int = 0, source: str = "synthetic test mosaic") -> PaintingStore:
+    store = PaintingStore.create(path)
+    write_mosaic_array(store, _mosaic(seed), pixel_size_um=5.0, source=source, source_signature=f"seed{seed}")
+    return store
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_clip("nightwatch-tiny", "none", device="cpu")
+
+
+@pytest.fixture
+def store(tmp_path):
+    return _store(tmp_path / "p.nightwatch.zarr")
+
+
+def test_make_grid_skips_the_uniform_border(store):
+    grid = make_grid(store, tile=TILE)
+    assert grid.grid_id == "L0-t64-s64" and grid.shape == (H // TILE, W // TILE)
+    boxes = grid.boxes()
+    inside = (boxes[:, 0] < H - BORDER) & (boxes[:, 2] > BORDER) & (boxes[:, 1] < W - BORDER) & (boxes[:, 3] > BORDER)
+    np.testing.assert_array_equal(grid.keep, inside)  # exactly the tiles touching paint
+    assert 0 < grid.keep.sum() < grid.n_tiles
+    meta = store.node_attrs("grids/L0-t64-s64")
+    assert meta["n_kept"] == int(inside.sum()) and meta["mask"]["params"]["min_std"] == 1.0
+    # stored and reloaded
+    again = load_grid(store, "L0-t64-s64")
+    np.testing.assert_array_equal(again.keep, grid.keep)
+    # micrometres: 320 um at 5 um/px = 64 px; overlap via stride; level 1 halves the pixels
+    assert make_grid(store, tile_um=320, stride_um=160, mask="none").grid_id == "L0-t64-s32"
+    g1 = make_grid(store, level=1, tile=32)
+    assert g1.grid_id == "L1-t32-s32" and g1.downsample == 2
+    np.testing.assert_array_equal(g1.boxes(), grid.boxes())  # same tiles in level-0 pixels
+    np.testing.assert_array_equal(g1.keep, grid.keep)
+    with pytest.raises(NightwatchError, match="--level 5 does not exist"):
+        make_grid(store, level=5)
+    with pytest.raises(NightwatchError, match="entries"):
+        make_grid(store, tile=TILE, stride=32, mask=np.ones(3, bool))
+
+
+def test_embed_end_to_end_matches_direct_encoding(store, tiny):
+    grid = make_grid(store, tile=TILE, stride=32)  # overlapping tiles
+    seen = []
+    res = embed_store(store, tiny, grid, batch_size=16, chunk_tiles=32, progress=lambda d, t, s: seen.append((d, t, s)))
+    assert res["complete"] and res["chunks_processed"] == res["n_chunks"] == -(-grid.n_tiles // 32)
+    assert res["tiles_processed"] == int(grid.keep.sum())
+    assert set(res["timings"]) >= {"read", "preprocess", "model", "write"}
+    assert seen[-1] == (grid.n_tiles, grid.n_tiles, "embed")
+    vectors, g = load_embeddings(store, grid.grid_id, engine=tiny)
+    assert vectors.dtype == np.float16 and vectors.shape == (grid.n_tiles, 128)
+    # ground truth: the same tiles cut from the numpy image and encoded directly
+    img = _mosaic()
+    idx = grid.indices()
+    tiles = np.stack([img[y0:y1, x0:x1] for y0, x0, y1, x1 in grid.boxes(idx)])
+    want = tiny.encode_images(tiles)
+    np.testing.assert_allclose(vectors[idx].astype(np.float32), want, atol=FP16_ATOL)
+    assert not vectors[~g.keep].any()  # skipped tiles stay 0
+    meta = store.node_attrs(f"grids/{grid.grid_id}/embeddings/{tiny.model_id}")
+    assert meta["signature"]["model_hash"] == tiny.model_hash and meta["chunk_tiles"] == 32
+    assert "model" in meta["timings"]
+    assert list_embeddings(store) == {grid.grid_id: [tiny.model_id]}
+    # a second run has nothing left to do
+    again = embed_store(store, tiny, grid.grid_id)
+    assert again["chunks_processed"] == 0 and again["complete"]
+
+
+def test_resume_after_cancel_processes_only_missing_chunks(tmp_path, tiny):
+    ref_store = _store(tmp_path / "ref.nightwatch.zarr")
+    grid = make_grid(ref_store, tile=TILE, stride=32)
+    embed_store(ref_store, tiny, grid, batch_size=16, chunk_tiles=16)
+    reference, _ = load_embeddings(ref_store, grid.grid_id, tiny.model_id)
+
+    store = _store(tmp_path / "p.nightwatch.zarr")
+    grid = make_grid(store, tile=TILE, stride=32)
+
+    def stop_after_some(done, total, stage):
+        if done >= 48:  # three chunks of 16
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        embed_store(store, tiny, grid, batch_size=16, chunk_tiles=16, progress=stop_after_some)
+    path = f"grids/{grid.grid_id}/embeddings/{tiny.model_id}"
+    done = np.asarray(store.root[f"{path}/done"][...])
+    n_chunks = done.size
+    assert 3 <= done.sum() < n_chunks and not store.is_complete(path)
+    with pytest.raises(NightwatchError, match="unfinished"):
+        load_embeddings(store, grid.grid_id, tiny.model_id)
+    res = embed_store(store, tiny, grid, batch_size=16)
+    assert res["chunks_skipped"] == int(done.sum())
+    assert res["chunks_processed"] == n_chunks - int(done.sum())
+    assert res["complete"]
+    resumed, _ = load_embeddings(store, grid.grid_id, tiny.model_id)
+    np.testing.assert_allclose(resumed.astype(np.float32), reference.astype(np.float32), atol=FP16_ATOL)
+
+
+def test_signatures_are_checked(store, tiny, tmp_path):
+    grid = make_grid(store, tile=TILE)
+    embed_store(store, tiny, grid, chunk_tiles=64)
+    path = f"grids/{grid.grid_id}/embeddings/{tiny.model_id}"
+    # embeddings made by other weights under the same model id
+    g = store.root[path]
+    meta = dict(g.attrs["nightwatch"])
+    meta["signature"] = dict(meta["signature"], model_hash="0123456789abcdef")
+    g.attrs["nightwatch"] = meta
+    with pytest.raises(NightwatchError, match="model_hash \"0123456789abcdef\" \\(stored\\)"):
+        embed_store(store, tiny, grid)
+    with pytest.raises(NightwatchError, match="do not match: model_hash"):
+        load_embeddings(store, grid.grid_id, engine=tiny)
+    res = embed_store(store, tiny, grid, overwrite=True)
+    assert res["chunks_processed"] == res["n_chunks"] and res["complete"]
+    load_embeddings(store, grid.grid_id, engine=tiny)
+    # the mosaic replaced by another one: the embeddings no longer describe it
+    other = _mosaic(seed=1)
+    write_mosaic_array(store, other, pixel_size_um=5.0, source="another mosaic", source_signature="seed1")
+    with pytest.raises(NightwatchError, match="do not match: source"):
+        load_embeddings(store, grid.grid_id, tiny.model_id)
+    # missing model: say what exists
+    with pytest.raises(NightwatchError, match=r"no embeddings of grid L0-t64-s64 for model ViT-B-32__none; it has \{'L0-t64-s64'"):
+        load_embeddings(store, grid.grid_id, "ViT-B-32__none")
+    with pytest.raises(NightwatchError, match="no tile grid 'L2-t9-s9'; it has \\['L0-t64-s64'\\]"):
+        load_embeddings(store, "L2-t9-s9")
+
+
+@pytest.mark.slow
+def test_local_cluster_matches_in_process(tmp_path, tiny):
+    distributed = pytest.importorskip("distributed")
+    ref_store = _store(tmp_path / "ref.nightwatch.zarr")
+    grid = make_grid(ref_store, tile=TILE, stride=32)
+    embed_store(ref_store, tiny, grid, batch_size=16, chunk_tiles=16)
+    reference, _ = load_embeddings(ref_store, grid.grid_id, tiny.model_id)
+
+    store = _store(tmp_path / "p.nightwatch.zarr")
+    grid = make_grid(store, tile=TILE, stride=32)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            res = embed_store(store, tiny, grid, batch_size=16, chunk_tiles=16, client=client, num_workers=1)
+            # both workers did part of the work, each loading the model once
+            who = client.run(lambda: len(__import__("napari_nightwatch.ml.embed", fromlist=["_ENGINES"])._ENGINES))
+    assert res["complete"] and res["workers"] == 2 and res["chunks_processed"] == res["n_chunks"]
+    assert sorted(who.values()) == [1, 1]
+    got, _ = load_embeddings(store, grid.grid_id, engine=tiny)
+    np.testing.assert_allclose(got.astype(np.float32), reference.astype(np.float32), atol=FP16_ATOL)
+
+
+def test_cli_embed(store, capsys):
+    from napari_nightwatch.cli import main
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rc = main(["embed", str(store.path), "--model", "nightwatch-tiny", "--pretrained", "none",
+                   "--tile", "64", "--stride", "64", "--batch-size", "8", "--device", "cpu", "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["grid_id"] == "L0-t64-s64" and out["model_id"] == "nightwatch-tiny__none"
+    assert out["n_tiles"] == 120 and out["tiles_per_s"] > 0 and "model" in out["timings"]
+    rc = main(["embed", str(store.path), "--model", "nightwatch-tiny", "--pretrained", "/no/such/file.bin", "--json"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "neither a pretrained tag of nightwatch-tiny" in err

@@ -1,0 +1,128 @@
+"""Project panel and the job infrastructure: import with progress, errors as notifications, cancel."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_nightwatch.core.errors import NightwatchError
+
+
+@pytest.fixture(autouse=True)
+def _config_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("NAPARI_NIGHTWATCH_CONFIG_DIR", str(tmp_path / "config"))
+
+
+def wait_job(qtbot, runner, timeout=60_000):
+    """Wait until the panel's job has finished and its results were added."""
+    qtbot.waitUntil(lambda: not runner.running, timeout=timeout)
+
+
+def test_project_create_import_open(make_napari_viewer, qtbot, tmp_path):
+    from PIL import Image
+
+    from napari_nightwatch._napari._qt.project_widget import ProjectWidget
+
+    viewer = make_napari_viewer()
+    w = ProjectWidget(viewer)
+    qtbot.addWidget(w)
+    store = tmp_path / "p.nightwatch.zarr"
+    w.store_edit.setText(str(store))
+    w.create_button.click()
+    assert "import a mosaic" in w.summary_text.toPlainText()
+
+    rgb = np.random.default_rng(0).integers(0, 255, (300, 280, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "m.png")
+    w.mosaic_edit.setText(str(tmp_path / "m.png"))
+    w.mosaic_pixel.setValue(2.5)
+    w.mosaic_button.click()
+    wait_job(qtbot, w.runner)
+    assert w.runner.last_message == ""
+    assert w.runner.last_progress[1] > 0  # progress reached the panel
+    layer = viewer.layers[-1]
+    assert layer.rgb and np.allclose(layer.scale, [2.5, 2.5])
+    np.testing.assert_array_equal(np.asarray(layer.data[0] if layer.multiscale else layer.data), rgb)
+    assert w.last_summary["mosaic"]["shape"][:2] == [300, 280]
+
+    # the panel remembers its settings
+    w2 = ProjectWidget(viewer)
+    qtbot.addWidget(w2)
+    assert w2.mosaic_edit.text() == str(tmp_path / "m.png") and w2.mosaic_pixel.value() == 2.5
+
+    # opening the store shows its layers
+    n = len(viewer.layers)
+    w.open_button.click()
+    wait_job(qtbot, w.runner)
+    assert len(viewer.layers) == n + 1
+
+
+def test_bad_input_is_a_notification(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from napari_nightwatch._napari._qt import jobs
+    from napari_nightwatch._napari._qt.project_widget import ProjectWidget
+
+    shown = []
+    monkeypatch.setattr(jobs, "notify_error", shown.append)
+    monkeypatch.setattr("napari_nightwatch._napari._qt.common.notify_error", shown.append)
+    viewer = make_napari_viewer()
+    w = ProjectWidget(viewer)
+    qtbot.addWidget(w)
+    w.store_edit.setText(str(tmp_path / "p.nightwatch.zarr"))
+    w.create_button.click()
+    w.mosaic_edit.setText(str(tmp_path / "missing.png"))
+    w.mosaic_button.click()
+    wait_job(qtbot, w.runner)
+    assert shown and "missing.png" in shown[-1]
+    # an empty store path is caught before any work starts
+    w.store_edit.setText("")
+    w.open_button.click()
+    assert "Choose a painting store" in shown[-1]
+    assert w.isEnabled()
+
+
+def test_runner_cancel_and_probe(qtbot, make_napari_viewer):
+    """Cancel stops a job at its next progress report; the GUI loop keeps ticking meanwhile."""
+    from napari_nightwatch._napari._qt.jobs import EventLoopProbe, JobRunner
+
+    make_napari_viewer()
+    runner = JobRunner()
+    qtbot.addWidget(runner)
+    seen = []
+    started = threading.Event()
+
+    def job(progress):
+        for i in range(10_000):
+            progress(i, 10_000, "counting")
+            seen.append(i)
+            started.set()
+            threading.Event().wait(0.001)
+        return "finished"
+
+    probe = EventLoopProbe()
+    probe.start()
+    results = []
+    runner.run(job, results.append, "count")
+    qtbot.waitUntil(started.is_set, timeout=10_000)
+    qtbot.wait(100)
+    runner.cancel()
+    qtbot.waitUntil(lambda: not runner.running, timeout=10_000)
+    gap = probe.stop()
+    assert results == [] and "cancelled" in runner.last_message
+    assert 0 < len(seen) < 10_000
+    assert probe.ticks > 5 and gap < 500
+
+    # a failure that is not a NightwatchError still ends as a message
+    def broken(progress):
+        raise RuntimeError("boom")
+
+    runner.run(broken, None, "broken")
+    qtbot.waitUntil(lambda: not runner.running, timeout=10_000)
+    assert "RuntimeError: boom" in runner.last_message
+
+    def bad(progress):
+        raise NightwatchError("The tile size 0 must be positive.")
+
+    runner.run(bad, None, "bad")
+    qtbot.waitUntil(lambda: not runner.running, timeout=10_000)
+    assert runner.last_message == "The tile size 0 must be positive."
