@@ -16,8 +16,6 @@ import numpy as np
 from napari_nightwatch.core.tiling import TileGrid
 from napari_nightwatch.project import PaintingStore, _jsonable
 
-SYNTH_SIZE = 512
-
 
 class ColourTextureEncoder:
     """Colour and texture statistics of an image, projected to ``dim`` by a fixed random matrix.
@@ -76,12 +74,6 @@ class ColourTextureEncoder:
         return np.stack(out).astype(np.float32)
 
 
-def make_synthetic(path: Path, size: int = SYNTH_SIZE, seed: int = 0) -> PaintingStore:
-    from napari_nightwatch.synth import synthesize_painting
-
-    return synthesize_painting(path, size=size, seed=seed, overwrite=True)
-
-
 def write_embeddings(store: PaintingStore, encoder, *, tile: int = 32, stride: int | None = None,
                      chunk_tiles: int = 64, chunks_done: list[int] | None = None, fresh: bool = True) -> TileGrid:
     """Embed every kept tile of a level-0 grid with ``encoder``, in the agreed store layout.
@@ -130,14 +122,14 @@ def copy_store(src: PaintingStore, dst: Path) -> PaintingStore:
 _BASE: dict[str, PaintingStore] = {}
 
 
-def base_store(tmp_path_factory) -> PaintingStore:
-    """The synthetic painting (512 px) embedded with the test encoder on a 32 px grid; built once per session.
+def base_store(tmp_path_factory, synthetic_store: PaintingStore) -> PaintingStore:
+    """The shared synthetic painting (conftest's ``synthetic_store``, 512 px) embedded with the
+    test encoder on a 32 px grid; built once per session, opened read-only.
 
     Tests that write copy it first (:func:`copy_store`).
     """
     if "base" not in _BASE:
-        root = tmp_path_factory.mktemp("search_base")
-        store = make_synthetic(root / "painting.nightwatch.zarr")
+        store = copy_store(synthetic_store, tmp_path_factory.mktemp("search_base") / "painting.nightwatch.zarr")
         write_embeddings(store, ColourTextureEncoder())
         _BASE["base"] = PaintingStore.open(store.path, mode="r")
     return _BASE["base"]

@@ -21,12 +21,13 @@ TILE = 16  # mosaic px: 2 x 2 XRF pixels of the synthetic painting (8 px each)
 class ColourTextureEngine:
     """A deterministic image "model" with the interface ``embed_store`` needs.
 
-    Features per tile: mean and standard deviation of R, G, B, the 10/50/90 %
-    luminance quantiles, and the mean gradient magnitude (texture), each divided by a
-    bandwidth; embedded by ``sqrt(2/D) cos(W f + b)`` with seeded Gaussian ``W``.
+    Features per tile: median R, G, B, their interquartile ranges and the mean
+    gradient magnitude (texture), each divided by a bandwidth; embedded by
+    ``cos(W f + b)`` with seeded Gaussian ``W`` and L2-normalised.
     """
 
-    BANDWIDTH = np.array([0.05] * 3 + [0.04] * 3 + [0.08] * 3 + [0.04], np.float32)
+    # median colour dominates (robust to particles and cracks); spread and texture weigh less
+    BANDWIDTH = np.array([0.035] * 3 + [0.12] * 3 + [0.12], np.float32)
 
     def __init__(self, dim: int = 512, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
@@ -42,7 +43,7 @@ class ColourTextureEngine:
             "pretrained": f"seed:{seed}",
             "model_hash": digest,
             "dim": dim,
-            "preprocessing": {"features": "rgb mean/std, luminance q10/50/90, gradient", "bandwidth": self.BANDWIDTH.tolist()},
+            "preprocessing": {"features": "rgb median, rgb interquartile range, gradient", "bandwidth": self.BANDWIDTH.tolist()},
             "package_version": "test",
         }
         self.spec = {"kind": "colour-texture", "dim": dim, "seed": seed}
@@ -51,12 +52,10 @@ class ColourTextureEngine:
         t = np.asarray(tiles, np.float32) / 255.0
         n = t.shape[0]
         flat = t.reshape(n, -1, 3)
-        lum = flat @ np.array([0.299, 0.587, 0.114], np.float32)
-        gy = np.abs(np.diff(t.mean(-1), axis=1)).reshape(n, -1).mean(1)
-        gx = np.abs(np.diff(t.mean(-1), axis=2)).reshape(n, -1).mean(1)
-        f = np.concatenate(
-            [flat.mean(1), flat.std(1), np.quantile(lum, [0.1, 0.5, 0.9], axis=1).T, ((gx + gy) / 2)[:, None]], 1
-        )
+        q25, q50, q75 = np.quantile(flat, [0.25, 0.5, 0.75], axis=1)
+        grey = t.mean(-1)
+        grad = (np.abs(np.diff(grey, axis=1)).reshape(n, -1).mean(1) + np.abs(np.diff(grey, axis=2)).reshape(n, -1).mean(1)) / 2
+        f = np.concatenate([q50, q75 - q25, grad[:, None]], 1)
         return (f / self.BANDWIDTH).astype(np.float32)
 
     def encode_preprocessed(self, feats: np.ndarray) -> np.ndarray:

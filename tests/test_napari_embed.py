@@ -24,7 +24,6 @@ def painting(tmp_path_factory):
 
 def test_embed_cancel_then_resume(make_napari_viewer, qtbot, painting, tmp_path):
     from napari_nightwatch._napari._qt.embed_widget import EmbedWidget
-    from napari_nightwatch._napari._qt.jobs import EventLoopProbe
     from napari_nightwatch.project import PaintingStore
 
     store_path = tmp_path / "p.nightwatch.zarr"
@@ -53,13 +52,11 @@ def test_embed_cancel_then_resume(make_napari_viewer, qtbot, painting, tmp_path)
     # rerun: only the missing chunks are embedded
     w.runner._progressed.disconnect()
     w.runner._progressed.connect(w.runner._on_progress)
-    probe = EventLoopProbe()
-    probe.start()
     w.run_button.click()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=120_000)
-    gap = probe.stop()
+    gap = w.runner.job_max_gap_ms
     res = w.last_result
     assert res is not None and res["complete"] and res["chunks_skipped"] == done_before
     assert res["random_weights"] and "RANDOM WEIGHTS" in w.result_label.text()
-    print(f"\nlargest event-loop gap while embedding: {gap:.1f} ms ({probe.ticks} ticks)")
-    assert gap < 250  # the <100 ms figure is measured on the quiet demo run (benchmarks/); CI shares cores
+    print(f"\nembed: largest event-loop gap while the job ran {gap:.1f} ms ({w.runner.elapsed_s:.2f} s job)")
+    assert gap < 100

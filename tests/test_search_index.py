@@ -25,9 +25,14 @@ ENC = ColourTextureEncoder()
 GRID = "L0-t32-s32"
 
 
+@pytest.fixture(scope="session")
+def search_base(tmp_path_factory, synthetic_store) -> PaintingStore:
+    return base_store(tmp_path_factory, synthetic_store)
+
+
 @pytest.fixture
-def store(tmp_path_factory, tmp_path) -> PaintingStore:
-    return copy_store(base_store(tmp_path_factory), tmp_path / "p.nightwatch.zarr")
+def store(search_base, tmp_path) -> PaintingStore:
+    return copy_store(search_base, tmp_path / "p.nightwatch.zarr")
 
 
 def _exact(store: PaintingStore, grid: str, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -102,30 +107,31 @@ def _half_embedded(base: PaintingStore, path) -> PaintingStore:
 
     store = PaintingStore.create(path)
     write_mosaic_array(store, np.asarray(base.mosaic_levels()[0]), pixel_size_um=5.0, source="synthetic copy")
-    write_embeddings(store, ENC, chunks_done=[0, 1])  # half the painting embedded
+    write_embeddings(store, ENC, tile=16, chunks_done=list(range(8)))  # half of 1024 tiles embedded
     return store
 
 
 @pytest.mark.parametrize("kind", ["flat", "ivfpq"])
-def test_incremental_add_without_rebuild(tmp_path_factory, tmp_path, kind):
-    store = _half_embedded(base_store(tmp_path_factory), tmp_path / "inc.nightwatch.zarr")
-    first = build_index(store, GRID, ENC.model_id, kind=kind)
-    assert first["n_vectors"] == 128
-    write_embeddings(store, ENC, chunks_done=[2, 3], fresh=False)  # the rest, later
+def test_incremental_add_without_rebuild(search_base, tmp_path, kind):
+    grid = "L0-t16-s16"
+    store = _half_embedded(search_base, tmp_path / "inc.nightwatch.zarr")
+    first = build_index(store, grid, ENC.model_id, kind=kind)
+    assert first["n_vectors"] == 512
+    write_embeddings(store, ENC, tile=16, chunks_done=list(range(8, 16)), fresh=False)  # the rest, later
     with pytest.raises(NightwatchError, match="not embedded"):
-        add_to_index(store, GRID, ENC.model_id, tiles=np.array([10_000]))
-    out = add_to_index(store, GRID, ENC.model_id)
-    assert out == {"added": 128, "n_vectors": 256, "index_type": kind}
-    assert add_to_index(store, GRID, ENC.model_id)["added"] == 0  # nothing new
-    vi = load_index(store, GRID, ENC.model_id)
-    assert vi.n_vectors == 256 and vi.attrs["n_added_since_build"] == 128
+        add_to_index(store, grid, ENC.model_id, tiles=np.array([10_000]))
+    out = add_to_index(store, grid, ENC.model_id)
+    assert out == {"added": 512, "n_vectors": 1024, "index_type": kind}
+    assert add_to_index(store, grid, ENC.model_id)["added"] == 0  # nothing new
+    vi = load_index(store, grid, ENC.model_id)
+    assert vi.n_vectors == 1024 and vi.attrs["n_added_since_build"] == 512
     assert vi.attrs["recall_at_10"] == first["recall_at_10"]  # measured at build time, kept
-    emb = open_embeddings(store, GRID, ENC.model_id)
-    q = emb.read(np.array([200, 250]))  # tiles that were not embedded at build time
+    emb = open_embeddings(store, grid, ENC.model_id)
+    q = emb.read(np.array([700, 1000]))  # tiles that were not embedded at build time
     s, t = vi.search(q, 5)
-    assert list(t[:, 0]) == [200, 250] and np.all(np.abs(s[:, 0] - 1) < 2e-3)
+    assert list(t[:, 0]) == [700, 1000] and np.all(np.abs(s[:, 0] - 1) < 2e-3)
     if kind == "flat":  # exact: identical to searching everything
-        np.testing.assert_array_equal(t, _exact(store, GRID, q, 5)[1])
+        np.testing.assert_array_equal(t, _exact(store, grid, q, 5)[1])
 
 
 def test_index_from_vectors_matches_exact_on_clustered_data():
@@ -142,6 +148,11 @@ def test_index_from_vectors_matches_exact_on_clustered_data():
         _, ta = approx.search(x[:50], 10)
         recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ta, ti, strict=True)])
         assert recall >= 0.9, kind
+
+
+def test_ivfpq_on_too_few_vectors_is_refused(store):
+    with pytest.raises(NightwatchError, match="at least 256 vectors"):
+        index_from_vectors(np.eye(8, dtype=np.float32), choose_index(8, 8, kind="ivfpq"))
 
 
 def test_signature_mismatch_refuses_the_index(store):
@@ -188,9 +199,9 @@ def test_cancelled_build_leaves_nothing(store):
     assert not store.has(f"grids/{GRID}/index/{ENC.model_id}")
 
 
-def test_read_only_store_is_refused(tmp_path_factory):
+def test_read_only_store_is_refused(search_base):
     with pytest.raises(NightwatchError, match="read-only"):
-        build_index(base_store(tmp_path_factory), GRID, ENC.model_id)
+        build_index(search_base, GRID, ENC.model_id)
 
 
 def test_cli_index(store, capsys):

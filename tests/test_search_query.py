@@ -30,10 +30,15 @@ ENC = ColourTextureEncoder()
 GRID = "L0-t32-s32"
 
 
+@pytest.fixture(scope="session")
+def search_base(tmp_path_factory, synthetic_store) -> PaintingStore:
+    return base_store(tmp_path_factory, synthetic_store)
+
+
 @pytest.fixture(scope="module")
-def indexed(tmp_path_factory) -> PaintingStore:
+def indexed(search_base, tmp_path_factory) -> PaintingStore:
     """The synthetic painting with embeddings and a flat index (read-only for the tests)."""
-    store = copy_store(base_store(tmp_path_factory), tmp_path_factory.mktemp("q") / "p.nightwatch.zarr")
+    store = copy_store(search_base, tmp_path_factory.mktemp("q") / "p.nightwatch.zarr")
     build_index(store, GRID, ENC.model_id)
     return PaintingStore.open(store.path)
 
@@ -191,8 +196,8 @@ def test_multi_store_search_merges_by_score(indexed, tmp_path):
         search([indexed, other], q, grid_id=GRID, model_id=ENC.model_id)
 
 
-def test_overlapping_hits_are_merged(tmp_path_factory, tmp_path):
-    store = copy_store(base_store(tmp_path_factory), tmp_path / "ov.nightwatch.zarr")
+def test_overlapping_hits_are_merged(search_base, tmp_path):
+    store = copy_store(search_base, tmp_path / "ov.nightwatch.zarr")
     grid = write_embeddings(store, ENC, tile=32, stride=16)
     build_index(store, grid.grid_id, ENC.model_id)
     t = grid.tile_at(200, 200)
@@ -214,11 +219,12 @@ def test_overlapping_hits_are_merged(tmp_path_factory, tmp_path):
     assert merge_overlapping(boxes, np.array([0.5, 0.9, 0.7])).tolist() == [1, 2]
 
 
-def test_similarity_map_aligned_with_the_mosaic(tmp_path_factory, tmp_path):
-    store = copy_store(base_store(tmp_path_factory), tmp_path / "map.nightwatch.zarr")
+def test_similarity_map_aligned_with_the_mosaic(search_base, tmp_path):
+    store = copy_store(search_base, tmp_path / "map.nightwatch.zarr")
     grid = write_embeddings(store, ENC, chunks_done=[0, 2])  # chunks 1 and 3 not embedded yet
     emb = open_embeddings(store, grid.grid_id, ENC.model_id)
     q = emb.read(np.array([10]))[0]
+    q /= np.linalg.norm(q)  # float16 rows are unit only to ~1e-4; queries are normalised
     m, scale, translate = similarity_map(store, q, grid_id=grid.grid_id, model_id=ENC.model_id)
     assert m.shape == grid.shape == (16, 16) and m.dtype == np.float32
     flat = m.ravel()
@@ -245,7 +251,7 @@ def test_cli_search_region_and_bad_input(indexed, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- the tiny CLIP
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(search_base, tmp_path_factory):
     """The synthetic painting embedded with the package's tiny CLIP (random weights) through the real pipeline."""
     from napari_nightwatch.ml.clip import load_clip
     from napari_nightwatch.ml.embed import embed_store, make_grid
@@ -253,7 +259,7 @@ def tiny(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         engine = load_clip("nightwatch-tiny", pretrained="none")
-    store = copy_store(base_store(tmp_path_factory), tmp_path_factory.mktemp("tiny") / "t.nightwatch.zarr")
+    store = copy_store(search_base, tmp_path_factory.mktemp("tiny") / "t.nightwatch.zarr")
     grid = make_grid(store, level=0, tile=64, mask="none")
     embed_store(store, engine, grid, batch_size=64)
     build_index(store, grid.grid_id, engine.model_id)
@@ -292,3 +298,20 @@ def test_cli_text_and_image_with_the_embeddings_model(tiny, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["results"][0]["tile"] == 0
     assert main(args + ["--text", "  ", "--json"]) == 2
     assert "text query is empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_xrf_pixel_query_through_the_bridge(search_base, tmp_path, capsys):
+    from napari_nightwatch.ml.xrf_bridge import spectrum_query_vector, train_xrf_bridge
+
+    store = copy_store(search_base, tmp_path / "x.nightwatch.zarr")
+    build_index(store, GRID, ENC.model_id)
+    train_xrf_bridge(store, epochs=2, min_train_tiles=16)
+    assert main(["search", str(store.path), "--xrf-pixel", "10,12", "-k", "4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["query"]["xrf_pixel"] == [10, 12] and out["model_id"] == ENC.model_id
+    q, mid = spectrum_query_vector(store, xrf_pixel=(10, 12))
+    expected = search(store, q, grid_id=GRID, model_id=mid, k=4)
+    assert [r["tile"] for r in out["results"]] == [h.tile for h in expected]
+    assert main(["search", str(store.path), "--xrf-pixel", "10,12", "--text", "red", "--json"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err

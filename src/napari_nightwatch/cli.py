@@ -164,23 +164,28 @@ def _cmd_search(args) -> dict:
     )
 
     first = PaintingStore.open(args.stores[0])
-    gid, mid = resolve_grid_model(first, args.grid, args.model_id)
     xrf = [a for a in (args.spectrum, args.xrf_pixel, args.xrf_region) if a is not None]
     asked = [a for a in (args.text, args.region, args.image) if a is not None] + xrf
     if not asked:
         raise NightwatchError("Say what to look for: --text, --region, --image, --spectrum, --xrf-pixel or --xrf-region.")
-    if xrf and len(asked) > 1:
+    if xrf and (len(asked) > 1 or args.negative):
         raise NightwatchError("An XRF query (--spectrum, --xrf-pixel, --xrf-region) cannot be combined with other queries.")
     templates = list(args.template or []) + (list(PAINTING_TEMPLATES) if args.painting_templates else [])
     query: dict[str, Any] = {}
     if xrf:
-        from .ml.xrf_bridge import spectrum_query_vector
-
+        try:
+            from .ml.xrf_bridge import spectrum_query_vector
+        except ImportError as exc:
+            raise NightwatchError(f"XRF queries need napari_nightwatch.ml.xrf_bridge, which cannot be imported ({exc}).") from exc
         pixel = None if args.xrf_pixel is None else tuple(int(v) for v in _floats(args.xrf_pixel, 2, "--xrf-pixel"))
-        region = None if args.xrf_region is None else _floats(args.xrf_region, 4, "--xrf-region")
-        q, mid = spectrum_query_vector(first, spectrum_file=args.spectrum, xrf_pixel=pixel, xrf_region=region, grid_id=gid)
+        region = None if args.xrf_region is None else tuple(int(v) for v in _floats(args.xrf_region, 4, "--xrf-region"))
+        # the spectrum encoder decides the image model; hits come from that model's embeddings
+        q, mid = spectrum_query_vector(first, spectrum_file=args.spectrum, xrf_pixel=pixel, xrf_region=region,
+                                       grid_id=args.grid, model_id=args.model_id)
+        gid, mid = resolve_grid_model(first, args.grid, mid)
         query = {"spectrum": str(args.spectrum) if args.spectrum else None, "xrf_pixel": pixel, "xrf_region": region}
     else:
+        gid, mid = resolve_grid_model(first, args.grid, args.model_id)
         emb = open_embeddings(first, gid, mid)
         model = None
         need_model = args.text is not None or args.image is not None or bool(args.negative)

@@ -127,12 +127,14 @@ PIGMENTS: tuple[Pigment, ...] = (
             0.020, 0.04, 0.45, 1.00, 3.2, ("ground", "surface")),
     Pigment("chalk", {"Ca": 0.32}, (226, 220, 200), (240, 236, 222), 2.0, 0.10, "angular",
             0.030, 0.04, 0.30, 0.30, 1.6, ("ground", "underpaint")),
-    Pigment("vermilion", {"Hg": 0.70, "S": 0.11}, (182, 48, 34), (140, 18, 14), 1.6, 0.30, "angular",
-            0.060, 0.06, 0.35, 0.45, 3.6, ("surface",)),
+    # vermilion: finely ground, dense and glassy (fine speckle, no coarse grains)
+    Pigment("vermilion", {"Hg": 0.70, "S": 0.11}, (182, 48, 34), (226, 84, 60), 1.0, 0.12, "round",
+            0.085, 0.04, 0.25, 0.40, 3.6, ("surface",)),
     Pigment("yellow ochre", {"Fe": 0.22, "Si": 0.10, "Ca": 0.05, "K": 0.02}, (190, 146, 62), (120, 84, 32),
             2.4, 0.22, "angular", 0.050, 0.10, 0.40, 0.50, 1.9, ("surface",)),
-    Pigment("red ochre", {"Fe": 0.38, "Si": 0.06}, (152, 60, 40), (96, 34, 24), 2.2, 0.22, "angular",
-            0.050, 0.08, 0.40, 0.45, 2.0, ("surface", "underpaint")),
+    # red ochre: earthy, coarse dark clay and haematite grains, uneven
+    Pigment("red ochre", {"Fe": 0.38, "Si": 0.06}, (152, 60, 40), (84, 30, 22), 3.6, 0.30, "angular",
+            0.030, 0.12, 0.40, 0.50, 2.0, ("surface", "underpaint")),
     Pigment("umber", {"Fe": 0.24, "Mn": 0.09, "Si": 0.07}, (92, 68, 46), (48, 34, 24), 3.0, 0.25, "angular",
             0.045, 0.08, 0.35, 0.35, 1.9, ("surface", "underpaint")),
     Pigment("azurite", {"Cu": 0.44}, (46, 82, 150), (28, 68, 196), 8.0, 0.50, "angular",
@@ -141,12 +143,14 @@ PIGMENTS: tuple[Pigment, ...] = (
             0.020, 0.08, 0.75, 0.25, 1.5, ("surface",)),
     Pigment("smalt", {"Co": 0.05, "As": 0.02, "K": 0.08, "Si": 0.25}, (118, 124, 156), (52, 72, 190),
             10.0, 0.35, "shard", 0.030, 0.06, 0.30, 0.60, 1.7, ("surface",)),
-    Pigment("lead-tin yellow", {"Pb": 0.55, "Sn": 0.16}, (228, 198, 78), (246, 224, 124), 5.0, 0.18, "round",
-            0.030, 0.06, 0.50, 0.95, 3.0, ("surface",)),
+    # lead-tin yellow: stiff impasto with round lumps (unground pigment, lead soaps)
+    Pigment("lead-tin yellow", {"Pb": 0.55, "Sn": 0.16}, (228, 198, 78), (248, 232, 150), 6.0, 0.25, "round",
+            0.025, 0.06, 0.30, 0.95, 3.0, ("surface",)),
     Pigment("bone black", {"Ca": 0.26, "P": 0.12}, (38, 35, 33), (14, 13, 13), 2.0, 0.20, "angular",
             0.030, 0.05, 0.35, 0.30, 1.5, ("surface", "underpaint")),
-    Pigment("orpiment", {"As": 0.50, "S": 0.31}, (222, 172, 44), (252, 214, 90), 6.0, 0.30, "flake",
-            0.040, 0.06, 0.35, 0.55, 2.4, ("surface",)),
+    # orpiment: micaceous, glittering flakes lying along the brush
+    Pigment("orpiment", {"As": 0.50, "S": 0.31}, (222, 172, 44), (255, 226, 120), 8.0, 0.40, "flake",
+            0.040, 0.06, 0.20, 0.55, 2.4, ("surface",)),
 )
 
 #: pigment names in library order (the label value is the index)
@@ -301,7 +305,7 @@ def _layout(rng: np.random.Generator, size: int, ground: str) -> _Layout:
     # never fewer than the pool, so every surface pigment is painted at any size
     n_regions = int(np.clip(round(14 * area), len(surface_pool), 400))
     seeds = _jittered_seeds(rng, shape, n_regions)
-    warp = _domain_warp(rng, shape, large=size / 7.0, large_amp=size / 14.0, small_along=18.0, small_amp=6.0)
+    warp = _domain_warp(rng, shape, large=size / 7.0, large_amp=size / 14.0, small_along=24.0, small_amp=4.5)
     cells, _ = _warped_voronoi(seeds, shape, warp)
     n = len(seeds)
     pig = _assign_pigments(rng, cells, n, surface_pool)
@@ -443,7 +447,7 @@ def _paint_surface(rng: np.random.Generator, lay: _Layout, size: int,
         region_thick = lay.surface_thickness[cells[box]]
         # thicker paint where the relief is high: the XRF of a surface pigment follows impasto
         thickness[box][m] = (region_thick * np.clip(1.0 + 0.25 * relief, 0.3, None))[m]
-        report(progress, done + 1, len(pigments) + 4, "painting")
+        report(progress, done + 1, len(pigments), "painting")
     # wet-in-wet: neighbouring strokes drag into each other over a few pixels
     from scipy.ndimage import binary_dilation
 
@@ -464,7 +468,7 @@ def _finish_photograph(rng: np.random.Generator, surf: _Surface, size: int) -> t
     # craquelure islands of ~1-2 mm (200-400 px); the network is the cells' boundaries
     n_cells = int(np.clip(round(22 * (size / 1024.0) ** 2), 4, 800))
     seeds = _jittered_seeds(rng, shape, n_cells, jitter=0.45)
-    warp = _domain_warp(rng, shape, large=size / 10.0, large_amp=size / 25.0, small_along=12.0, small_amp=2.5)
+    warp = _domain_warp(rng, shape, large=size / 10.0, large_amp=size / 25.0, small_along=12.0, small_amp=1.5)
     _, gap = _warped_voronoi(seeds, shape, warp)
     width = np.clip(1.3 + 0.8 * _oriented_noise(rng, shape, 30.0, 30.0), 0.0, None)
     crack = np.clip(width - gap, 0.0, 1.0)
@@ -706,7 +710,9 @@ class GroundTruth:
     concentrations
         (n_elements, h, w) float32 effective concentration of each element on the XRF
         grid (all layers, attenuated): what a fitter should recover, up to a per-family
-        scale ``counts_scale * family_sensitivity``.
+        scale ``counts_scale * family_sensitivity`` (see :meth:`family_counts`). Every
+        ``*_xrf`` array and these maps are indexed like the cube's pixels, i.e. sampled
+        through ``true_affine``, not the nominal affine the store records.
     surface_concentrations
         Same, from the surface layer alone (what the photograph can show).
     elements

@@ -94,11 +94,15 @@ def um_rect_to_level0_box(corners_um: np.ndarray, pixel_size_um: float) -> tuple
 def um_rect_to_xrf_box(
     corners_um: np.ndarray, affine_px: np.ndarray, mosaic_pixel_size_um: float
 ) -> tuple[float, float, float, float]:
-    """Bounding XRF-pixel box ``y0, x0, y1, x1`` (pixel edges) of a rectangle drawn in micrometres."""
+    """Bounding box ``y0, x0, y1, x1`` in XRF pixel coordinates of a rectangle drawn in micrometres.
+
+    Coordinates put pixel centres on integers, as :func:`napari_nightwatch.xrf.spectra.mean_spectrum`
+    expects: the pixels whose centres lie inside the drawn rectangle are selected.
+    """
     m = micrometre_affine(as_affine(affine_px), mosaic_pixel_size_um)
     inv = np.linalg.inv(m)
     c = np.asarray(corners_um, dtype=np.float64).reshape(-1, 2)[:, -2:]
-    xy = c @ inv[:2, :2].T + inv[:2, 2] + 0.5
+    xy = c @ inv[:2, :2].T + inv[:2, 2]
     return (float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max()))
 
 
@@ -465,3 +469,41 @@ def hit_layers(
         "metadata": {"nightwatch_kind": "hit_boxes", "query": query},
     }
     return [(centers, points_kw, "points"), (rects, shapes_kw, "shapes")]
+
+
+def store_predicted_layers(store, name: str, suffix: str = "") -> list[LayerDataTuple]:
+    """A stored prediction (``predicted/<name>``): ``predicted <el>`` maps plus hidden uncertainty and no-evidence layers.
+
+    Held-out r and SSIM per element (from the prediction's validation record) are kept
+    in each map layer's metadata under ``heldout``.
+    """
+    from ..core.tiling import TileGrid
+
+    g = store.group(f"predicted/{name}")
+    attrs = dict(g.attrs.get("nightwatch", {}))
+    names = list(attrs["elements"])
+    grid = TileGrid.from_attrs(attrs["grid"])
+    p = store.mosaic_pixel_size_um
+    metrics = {}
+    for el, v in (attrs.get("validation") or {}).items():
+        metrics[el] = {"r": v.get("r_head"), "ssim": v.get("ssim_head"), "r_joint": v.get("r_joint"),
+                       "ssim_joint": v.get("ssim_joint"), "evidence": v.get("evidence")}
+    maps = np.nan_to_num(np.asarray(g["0"][...], dtype=np.float32), nan=0.0)
+    out = predicted_map_layers(maps, names, grid, p, metrics=metrics, suffix=suffix)
+    for _, kw, _ in out:
+        kw["metadata"].update({"nightwatch_store": str(store.path), "prediction": name})
+    if "uncertainty" in g:
+        unc = np.asarray(g["uncertainty"][...], dtype=np.float32)
+        for i, el in enumerate(names):
+            ld = tile_value_layer(np.nan_to_num(unc[i], nan=0.0), grid, p, f"uncertainty {el}{suffix}", colormap="magma")
+            ld[1]["visible"] = False
+            ld[1]["metadata"].update({"nightwatch_kind": "prediction_uncertainty", "element": el, "prediction": name})
+            out.append(ld)
+    if "no_evidence" in g:
+        ne = np.asarray(g["no_evidence"][...], dtype=np.float32)
+        for i, el in enumerate(names):
+            ld = tile_mask_layer(ne[i], grid, p, f"no evidence {el}{suffix}")
+            ld[1]["visible"] = False
+            ld[1]["metadata"].update({"nightwatch_kind": "prediction_no_evidence", "element": el, "prediction": name})
+            out.append(ld)
+    return out

@@ -45,6 +45,13 @@ def store_layers(path: str | Path) -> list:
             out.append(layers.xrf_total_layer(store))
         if store.has("xrf_maps") and store.is_complete("xrf_maps"):
             out.extend(layers.store_element_map_layers(store))
+        elif store.xrf_kind == "maps":  # element maps exported by scanner software, no cube
+            from ..io.element_maps import load_imported_maps
+
+            names, maps = load_imported_maps(store)
+            out.extend(layers.element_map_layers(
+                maps, names, layers.xrf_placement(store.xrf_affine, store.mosaic_pixel_size_um),
+                metadata={"nightwatch_store": str(store.path)}))
     return out
 
 

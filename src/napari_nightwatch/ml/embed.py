@@ -259,22 +259,29 @@ def load_grid(store: PaintingStore, grid_id: str) -> TileGrid:
 
 
 # -------------------------------------------------------------------------- signatures
-def _source_signature(store: PaintingStore) -> dict[str, Any]:
+def source_signature(store: PaintingStore) -> dict[str, Any]:
+    """The mosaic source entry of a signature: ``{source, source_signature}`` from ``mosaic_info``."""
     info = store.mosaic_info
     return {"source": info.get("source"), "source_signature": info.get("source_signature")}
 
 
-def _keep_digest(grid: TileGrid) -> str:
+def keep_digest(grid: TileGrid) -> str:
+    """Short hash of a grid's keep-mask (all True when it has none)."""
     keep = np.ones(grid.n_tiles, bool) if grid.keep is None else np.asarray(grid.keep, bool)
     return hashlib.sha1(np.packbits(keep).tobytes()).hexdigest()[:16]
+
+
+# older names, used by search/index.py
+_source_signature = source_signature
+_keep_digest = keep_digest
 
 
 def embedding_signature(store: PaintingStore, engine, grid: TileGrid) -> dict[str, Any]:
     """The signature stored with (and checked against) a grid's embeddings for ``engine``."""
     sig = dict(engine.signature)
-    sig["source"] = _source_signature(store)
+    sig["source"] = source_signature(store)
     sig["grid"] = grid.to_attrs()
-    sig["keep_sha1"] = _keep_digest(grid)
+    sig["keep_sha1"] = keep_digest(grid)
     return _jsonable(sig)
 
 
@@ -361,7 +368,7 @@ def load_embeddings(
             if meta else f"Embeddings of grid {grid_id} for {model_id} in {store.path} are unfinished."
         )
     stored = store.node_attrs(path).get("signature", {})
-    current = {"source": _source_signature(store), "grid": grid.to_attrs(), "keep_sha1": _keep_digest(grid)}
+    current = {"source": source_signature(store), "grid": grid.to_attrs(), "keep_sha1": keep_digest(grid)}
     if engine is not None:
         current.update({k: engine.signature[k] for k in _MODEL_KEYS})
     bad = signature_mismatch(stored, current)

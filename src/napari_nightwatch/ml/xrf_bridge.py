@@ -270,8 +270,7 @@ def _train_encoder(cfg, x_tr, v_tr, x_va, v_va, *, epochs, batch_size, lr, patie
         losses = []
         for s in range(0, n - bs + 1, bs):
             idx = perm[s : s + bs]
-            xb = augment_spectra(xt[idx], cfg, generator=gen)
-            z = model.encode_raw(xb)
+            z = model.encode_binned(augment_spectra(xt[idx], cfg, generator=gen))
             logits = model.logit_scale.exp() * z @ vt[idx].T
             target = torch.arange(len(idx))
             loss = 0.5 * (
@@ -282,7 +281,7 @@ def _train_encoder(cfg, x_tr, v_tr, x_va, v_va, *, epochs, batch_size, lr, patie
             opt.step()
             with torch.no_grad():  # CLIP's clamp: temperature no sharper than 1/100
                 model.logit_scale.clamp_(0, float(np.log(100)))
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         model.eval()
         with torch.no_grad():
             zv = model.encode_raw(torch.as_tensor(x_va, dtype=torch.float32)).numpy()
@@ -420,7 +419,6 @@ def train_xrf_bridge(
 
     t0 = time.perf_counter()
     store.require_writable()
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), 4)))
     emb = open_tile_embeddings(store, grid_id, image_model_id)
     kind = store.xrf_kind
     grid = emb.grid

@@ -46,6 +46,8 @@ HNSW_MAX_VECTORS = 1_000_000
 DEFAULT_MEMORY_BUDGET_BYTES = 4_000_000_000
 HNSW_M = 32
 RECALL_QUERIES = 200
+#: fewest vectors an IVF-PQ index is trained on (16 codebook centroids x ~16 points)
+IVF_MIN_VECTORS = 256
 RECALL_K = 10
 #: rows per chunk of the re-ranking vectors (64 MB at 512-d float16)
 RERANK_CHUNK_ROWS = 65_536
@@ -121,6 +123,19 @@ def _pq_m(dim: int, dims_per_code: int) -> int:
         if dim % m == 0:
             return m
     return 1
+
+
+def _trained_spec(spec: IndexSpec, n_vectors: int) -> IndexSpec:
+    """``spec`` with IVF lists and codebooks sized for the ``n_vectors`` they are trained on."""
+    if spec.kind != "ivfpq":
+        return spec
+    if n_vectors < IVF_MIN_VECTORS:
+        raise NightwatchError(
+            f"An IVF-PQ index needs at least {IVF_MIN_VECTORS} vectors to train its codebooks; "
+            f"there are {n_vectors}: use the exact flat index (the default at this size)."
+        )
+    return IndexSpec(spec.kind, spec.dim, _ivf_params(n_vectors, spec.dim, spec.params["m"]),
+                     spec.bytes_per_vector, spec.disk_bytes_per_vector, spec.reason)
 
 
 def _ivf_params(n_vectors: int, dim: int, m_bytes: int) -> dict[str, Any]:
@@ -610,10 +625,8 @@ def build_index(
         )
     n_expected = int(expected_vectors or max(tiles.size, int(emb.keep.sum())))
     spec = choose_index(n_expected, emb.dim, memory_budget_bytes, kind=kind)
-    if spec.kind == "ivfpq":
-        # the lists and codebooks are trained on the vectors at hand, so size them for those
-        spec = IndexSpec(spec.kind, spec.dim, _ivf_params(tiles.size, emb.dim, spec.params["m"]),
-                         spec.bytes_per_vector, spec.disk_bytes_per_vector, spec.reason)
+    # IVF lists and codebooks are trained on the vectors at hand, so size them for those
+    spec = _trained_spec(spec, tiles.size)
     index = _new_faiss_index(spec)
     part = _index_path(emb.grid_id, emb.model_id)
     store.mark_incomplete(part)
@@ -642,7 +655,12 @@ def build_index(
             vecs = emb.read(block)
             index.add(vecs)
             # exact top-k computed alongside, block by block, for the recall measurement
-            heap.add_result(queries @ vecs.T, np.broadcast_to(block, (queries.shape[0], block.size)).copy())
+            scores = queries @ vecs.T
+            if block.size > k:
+                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+                heap.add_result(np.take_along_axis(scores, top, axis=1), block[top])
+            else:
+                heap.add_result(scores, np.broadcast_to(block, scores.shape).copy())
             if spec.kind == "ivfpq":
                 rerank[offset : offset + block.size] = vecs.astype(np.float16)
             offset += block.size
@@ -847,9 +865,7 @@ def index_from_vectors(vectors: np.ndarray, spec: IndexSpec, tile_ids: np.ndarra
     n, dim = x.shape
     if dim != spec.dim:
         raise NightwatchError(f"Vectors have dimension {dim}; the index spec expects {spec.dim}.")
-    if spec.kind == "ivfpq":
-        spec = IndexSpec(spec.kind, dim, _ivf_params(n, dim, spec.params["m"]), spec.bytes_per_vector,
-                         spec.disk_bytes_per_vector, spec.reason)
+    spec = _trained_spec(spec, n)
     index = _new_faiss_index(spec)
     rerank = None
     if spec.kind == "ivfpq":

@@ -442,7 +442,9 @@ def search(
                 "stores searched together must share one model (give --model-id)."
             )
         used_model = mid
-        key = f"{store.path}::{gid}::{mid}"
+        # the index's completion record changes when it is rebuilt or extended: a stale cache entry misses
+        made = store.completed().get(f"grids/{gid}/index/{mid}", {})
+        key = f"{store.path}::{gid}::{mid}::{made.get('created')}::{made.get('n_vectors')}"
         vi = indexes.get(key) if indexes is not None else None
         if vi is None:
             vi = load_index(store, gid, mid)

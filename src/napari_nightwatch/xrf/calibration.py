@@ -123,10 +123,15 @@ def _blends(
             near_same = (~grp) & (np.abs(e - centre) <= 1.2 * fwhm) & (w >= 0.05 * share)
             near_other = False
             for gi, g in enumerate(fams):
-                if gi == fi:
-                    continue
-                close = np.abs(np.asarray(g.energies_kev) - centre) <= 1.2 * fwhm
-                if (np.asarray(g.intensities)[close].sum() * amount[gi]) >= 0.05 * counts:
+                ge, gw = np.asarray(g.energies_kev), np.asarray(g.intensities)
+                # another family's lines, and any family's Si escape peaks (E - 1.74 keV)
+                esc_e = ge - det.escape_kev
+                esc_w = gw * det.escape_fraction(ge)
+                near = 0.0
+                if gi != fi:
+                    near += gw[np.abs(ge - centre) <= 1.2 * fwhm].sum()
+                near += esc_w[np.abs(esc_e - centre) <= 1.2 * fwhm].sum()
+                if near * amount[gi] >= 0.05 * counts:
                     near_other = True
                     break
             if near_same.any() or near_other:
@@ -145,6 +150,7 @@ def refine_calibration(
     quadratic: bool = False,
     search_kev: float = 0.15,
     min_kev: float = 1.0,
+    tol_kev: float = 0.015,
 ) -> CalibrationResult:
     """Refine offset and gain (and optionally a quadratic term) from known peaks.
 
@@ -169,12 +175,15 @@ def refine_calibration(
         How far from its expected position a peak is looked for.
     min_kev
         Peaks below this energy are not used (noise peak, window absorption).
+    tol_kev
+        A peak further than this from the consensus calibration is treated as a wrong
+        match (a blend with an unidentified neighbour) and left out.
 
     Returns
     -------
     CalibrationResult
-        With ``refined`` False and the input calibration when fewer than 2 (3 for
-        quadratic) peaks were found.
+        With ``refined`` False and the input calibration when fewer than 3 (4 for
+        quadratic) peaks agree on one calibration.
     """
     det = detector or Detector()
     y = _check(spectrum)
@@ -184,7 +193,7 @@ def refine_calibration(
     net = y - snip(y, width=width)
     ch_all = np.arange(n, dtype=np.float64)
     cal = calibration
-    points: list[tuple[str, float, float]] = []
+    points: list[tuple[str, float, float, float]] = []
     for _ in range(3):  # re-locate the peaks with the improved calibration
         points = []
         for label, energy, _fam in _blends(families, det, areas):
@@ -205,25 +214,18 @@ def refine_calibration(
             fit = _fit_gaussian(ch_all[lo:hi], net[lo:hi], y[lo:hi], float(peak), max(sig_ch, 0.5))
             if fit is None or not (lo < fit[0] < hi - 1):
                 continue
-            points.append((label, fit[0], energy))
-        need = 4 if quadratic else 2
+            # centroid precision ~ peak width / sqrt(counts): the fit's weight
+            points.append((label, fit[0], energy, np.sqrt(max(fit[2], 1.0)) / max(fit[1], 0.3)))
+        need = 4 if quadratic else 3
         if len(points) < need:
             return CalibrationResult(calibration, False)
         chs = np.array([p[1] for p in points])
         ens = np.array([p[2] for p in points])
-        keep = np.ones(len(points), bool)
-        for _ in range(2):  # drop a blend that disagrees with all others (a wrong match)
-            deg = 2 if quadratic else 1
-            coef = np.polyfit(chs[keep], ens[keep], deg)
-            res = np.polyval(coef, chs) - ens
-            # robust 3-sigma from the median absolute deviation, never tighter than 12 eV:
-            # a blend disturbed by an unidentified neighbour is an outlier, not a point
-            mad = 1.4826 * np.median(np.abs(res[keep] - np.median(res[keep])))
-            new_keep = np.abs(res) <= max(3 * mad, 0.012)
-            if new_keep.sum() < need or (new_keep == keep).all():
-                break
-            keep = new_keep
-        coef = np.polyfit(chs[keep], ens[keep], 2 if quadratic else 1)
+        wts = np.array([p[3] for p in points])
+        keep = _consensus(chs, ens, wts, 2 if quadratic else 1, tol_kev)
+        if keep.sum() < need:
+            return CalibrationResult(calibration, False)
+        coef = np.polyfit(chs[keep], ens[keep], 2 if quadratic else 1, w=wts[keep])
         q, g, o = (coef if quadratic else np.concatenate([[0.0], coef]))
         cal = EnergyCalibration(float(o), float(g), float(q))
         points = [p for p, k in zip(points, keep, strict=True) if k]
@@ -233,6 +235,36 @@ def refine_calibration(
     mid = n // 2
     shift = (cal.energies(n)[mid] - e0[mid]) * 1000.0
     return CalibrationResult(cal, True, res_ev, float(np.sqrt(np.mean(vals**2))), float(np.abs(vals).max()), float(shift))
+
+
+def _consensus(chs: np.ndarray, ens: np.ndarray, wts: np.ndarray, deg: int, tol: float) -> np.ndarray:
+    """Inliers of the calibration most peaks agree on (RANSAC over all minimal subsets).
+
+    A least-squares fit is pulled by one wrong match; with the handful of peaks of a
+    spectrum, trying every pair (triple for quadratic) is cheap and finds the largest
+    set of peaks that one calibration explains within ``tol``; ties go to the stronger peaks.
+    """
+    from itertools import combinations
+
+    n = chs.size
+    best = np.ones(n, bool)
+    best_score = (-1, -1.0)
+    for subset in combinations(range(n), deg + 1):
+        idx = list(subset)
+        if np.ptp(chs[idx]) < 1e-9:
+            continue
+        coef = np.polyfit(chs[idx], ens[idx], deg)
+        inl = np.abs(np.polyval(coef, chs) - ens) <= tol
+        score = (int(inl.sum()), float(wts[inl].sum()))
+        if score > best_score:
+            best, best_score = inl, score
+    if best.sum() > deg + 1:
+        # refit on the consensus and take its inliers (the minimal subset was noisy)
+        coef = np.polyfit(chs[best], ens[best], deg, w=wts[best])
+        again = np.abs(np.polyval(coef, chs) - ens) <= tol
+        if again.sum() >= best.sum():
+            best = again
+    return best
 
 
 def calibration_residuals_ev(

@@ -275,29 +275,55 @@ def _masked_solve(g: np.ndarray, b: np.ndarray, passive: np.ndarray) -> np.ndarr
 
 
 def _nnls_all_constrained(g: np.ndarray, b: np.ndarray, max_iter: int) -> np.ndarray:
+    """Batched Lawson-Hanson NNLS on the normal equations, warm-started.
+
+    Phase 1 drops negative terms from the unconstrained solution until every row is
+    feasible (cheap, and usually already the answer). Phase 2 is Lawson-Hanson from that
+    feasible point: re-admit the inactive term with the largest gradient, and when the
+    new solution turns a term negative, step only as far as stays feasible and drop the
+    term that hits zero. Each step is one batched solve over the rows concerned.
+    """
     n, k = b.shape
     x = b @ np.linalg.inv(g)
     passive = np.ones((n, k), dtype=bool)
-    diag = np.diag(g)
-    scale = np.maximum(np.abs(b).max(axis=1), 1.0) ** 2
-    for _ in range(max_iter):
+    for _ in range(k + 1):  # phase 1: the passive set shrinks each time, so <= k rounds
         neg = (x < 0) & passive
         bad = np.flatnonzero(neg.any(axis=1))
-        if bad.size:
-            # drop every negative term at once, then re-solve only the rows that changed
-            passive[bad] &= ~neg[bad]
-            x[bad] = _masked_solve(g, b[bad], passive[bad])
-            continue
+        if bad.size == 0:
+            break
+        passive[bad] &= ~neg[bad]
+        x[bad] = _masked_solve(g, b[bad], passive[bad])
+    x = np.where(passive, np.clip(x, 0.0, None), 0.0)
+    diag = np.diag(g)
+    scale = np.maximum(np.abs(b).max(axis=1), 1.0) ** 2
+    for _ in range(max_iter):  # phase 2: Lawson-Hanson outer loop
         grad = b - x @ g
-        # KKT: re-admit the inactive term whose entry would lower the cost the most
         gain = np.where(~passive & (grad > 0), grad * grad / diag, 0.0)
-        cand = gain > 1e-10 * scale[:, None]
+        cand = gain > 1e-12 * scale[:, None]
         rows = np.flatnonzero(cand.any(axis=1))
         if rows.size == 0:
             break
         j = np.argmax(np.where(cand[rows], gain[rows], -1.0), axis=1)
         passive[rows, j] = True
-        x[rows] = _masked_solve(g, b[rows], passive[rows])
+        for _inner in range(k + 1):
+            z = _masked_solve(g, b[rows], passive[rows])
+            xr, pr = x[rows], passive[rows]
+            neg = pr & (z <= 0)
+            has_neg = neg.any(axis=1)
+            done = ~has_neg
+            x[rows[done]] = np.where(pr[done], z[done], 0.0)
+            if not has_neg.any():
+                break
+            r = rows[has_neg]
+            xr, zr, nr = xr[has_neg], z[has_neg], neg[has_neg]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(nr, xr / (xr - zr), np.inf)
+            alpha = np.clip(ratio.min(axis=1, keepdims=True), 0.0, 1.0)
+            xn = xr + alpha * (zr - xr)
+            hit = passive[r] & ((xn <= 1e-12 * np.abs(xr).max(axis=1, keepdims=True)) | (nr & (ratio <= alpha)))
+            passive[r] &= ~hit
+            x[r] = np.where(passive[r], np.clip(xn, 0.0, None), 0.0)
+            rows = r
     return np.clip(x, 0.0, None)
 
 

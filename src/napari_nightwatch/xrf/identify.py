@@ -25,7 +25,7 @@ from ..core.errors import NightwatchError
 from .background import snip, snip_width_channels
 from .fit import _bspline_basis
 from .lines import LineFamily, line_families
-from .model import RH_K_KEV, Detector, gaussian_peaks, pileup_template, scatter_templates
+from .model import RH_K_KEV, Detector, continuum, gaussian_peaks, pileup_template, scatter_templates
 
 #: confidence at and above which a family is reported as present
 PRESENT_CONFIDENCE = 0.5
@@ -225,7 +225,10 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev) -> l
         nuis = [r for r in sc if r.sum() > 0.3]
     if bg.sum() > 0:
         nuis.append(bg / bg.sum())
-    n_spline = int(np.clip((hi_e - lo_e) / 1.5, 6, 24))
+    cont = continuum(e, excitation_kev)[lo:hi]
+    if cont.sum() > 1e-6:
+        nuis.append(cont / cont.sum())
+    n_spline = int(np.clip((hi_e - lo_e) / 1.0, 6, 32))
     basis = _bspline_basis(e[lo:hi], n_spline)
     nuis.extend(basis[:, i] / basis[:, i].sum() for i in range(basis.shape[1]))
     a = np.concatenate([a_fam, np.stack(nuis, axis=1)], axis=1)

@@ -71,6 +71,29 @@ class LineFamily:
         return f"LineFamily({self.name}, main {self.main_energy_kev:.3f} keV, {len(self.energies_kev)} lines)"
 
 
+@functools.lru_cache(maxsize=1)
+def _tables() -> tuple[dict, dict]:
+    """xraydb's line and Coster-Kronig tables, read in two queries.
+
+    The per-call xraydb functions issue one SQL query each (about 2 ms); the full
+    library needs thousands of them, so the two small tables are read once instead.
+    """
+    import xraydb
+
+    db = xraydb.get_xraydb()
+    ck: dict[tuple[str, str, str], float] = {}
+    t = db.tables["Coster_Kronig"]
+    for r in db.query(t).all():
+        ck[(str(r.element), str(r.initial_level), str(r.final_level))] = float(r.total_transition_probability)
+    lines: dict[tuple[str, str], list[tuple[str, float, float]]] = {}
+    t = db.tables["xray_transitions"]
+    for r in db.query(t).all():
+        lines.setdefault((str(r.element), str(r.initial_level)), []).append(
+            (str(r.siegbahn_symbol), float(r.emission_energy), float(r.intensity))
+        )
+    return lines, ck
+
+
 def _vacancy_shares(element: str, family: str, excitation_kev: float) -> dict[str, float]:
     """Relative vacancy creation x fluorescence yield for each subshell of a family.
 
@@ -91,12 +114,11 @@ def _vacancy_shares(element: str, family: str, excitation_kev: float) -> dict[st
         passing /= j
     if family in ("L", "M"):
         # Coster-Kronig: vacancies in deeper subshells migrate to shallower ones
+        ck = _tables()[1]
         for i, si in enumerate(shells):
             for sj in shells[i + 1 :]:
-                try:
-                    f = float(xraydb.ck_probability(element, si, sj))
-                except Exception:  # xraydb has no entry for light elements / M shells
-                    f = 0.0
+                # no entry for light elements / some M shells: no transfer
+                f = ck.get((element, si, sj), 0.0)
                 if f > 0:
                     share[sj] += f * share[si]
                     share[si] *= 1.0 - f
@@ -107,38 +129,44 @@ def _vacancy_shares(element: str, family: str, excitation_kev: float) -> dict[st
     return out
 
 
-@functools.lru_cache(maxsize=4096)
-def _build_family(element: str, family: str, excitation_kev: float, min_kev: float, max_kev: float) -> LineFamily | None:
+@functools.lru_cache(maxsize=1024)
+def _raw_lines(element: str, family: str, excitation_kev: float) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], float]:
+    """Every line of a family with its absolute weight (the slow xraydb part, cached)."""
     import xraydb
 
     shares = _vacancy_shares(element, family, excitation_kev)
-    if not shares:
-        return None
     energies, weights, names = [], [], []
+    table = _tables()[0]
     for shell, w_shell in shares.items():
-        try:
-            lines = xraydb.xray_lines(element, shell)
-        except Exception:
-            continue
-        for lname, line in lines.items():
-            e = line.energy / 1000.0
-            w = w_shell * float(line.intensity)
-            if w > 0 and min_kev <= e <= max_kev:
-                energies.append(e)
+        for lname, energy_ev, intensity in table.get((element, shell), []):
+            w = w_shell * intensity
+            if w > 0:
+                energies.append(energy_ev / 1000.0)
                 weights.append(w)
                 names.append(lname)
-    if not energies:
+    edge = 0.0
+    if shares:
+        edges = xraydb.xray_edges(element)
+        edge = min(edges[s].energy for s in shares) / 1000.0
+    return np.asarray(energies, float), np.asarray(weights, float), tuple(names), float(edge)
+
+
+@functools.lru_cache(maxsize=4096)
+def _build_family(element: str, family: str, excitation_kev: float, min_kev: float, max_kev: float) -> LineFamily | None:
+    e_all, w_all, names_all, edge = _raw_lines(element, family, excitation_kev)
+    if e_all.size == 0:
         return None
-    e = np.asarray(energies)
-    w = np.asarray(weights)
+    inside = (e_all >= min_kev) & (e_all <= max_kev)
+    if not inside.any():
+        return None
+    e, w = e_all[inside], w_all[inside]
+    names = [n for n, k in zip(names_all, inside, strict=True) if k]
     keep = w >= _MIN_REL_INTENSITY * w.max()
     e, w, names = e[keep], w[keep], [n for n, k in zip(names, keep, strict=True) if k]
     order = np.argsort(e, kind="stable")
     e, w = e[order], w[order] / w.sum()
     names = tuple(names[i] for i in order)
     main = float(e[np.argmax(w)])
-    edges = xraydb.xray_edges(element)
-    edge = min(edges[s].energy for s in shares) / 1000.0
     e.setflags(write=False)
     w.setflags(write=False)
     return LineFamily(f"{element}-{family}", element, family, e, w, main, names, float(edge))

@@ -93,6 +93,11 @@ class JobRunner(QWidget):
         self.last_message = ""
         self.last_progress: tuple[int, int, str] = (0, 0, "")
         self.elapsed_s = 0.0
+        #: largest GUI event-loop gap (ms) while the last job ran in its worker, and the
+        #: seconds the main thread then spent turning its result into layers
+        self.job_max_gap_ms = 0.0
+        self.show_s = 0.0
+        self._probe = EventLoopProbe(parent=self)
 
     # ------------------------------------------------------------------ API
     @property
@@ -149,6 +154,7 @@ class JobRunner(QWidget):
         self.cancel_button.setEnabled(True)
         self._bar.setRange(0, 0)  # busy until the first report
         self._stage.setText(f"{label}: starting")
+        self._probe.start()
         worker.start()
         return worker
 
@@ -174,11 +180,14 @@ class JobRunner(QWidget):
 
     def _on_returned(self, out: _Outcome, on_result: Callable[[Any], None] | None) -> None:
         self.elapsed_s = self._clock.elapsed() / 1000.0
+        self.job_max_gap_ms = self._probe.stop()
         if out.error is None:
             self.last_message = ""
+            t0 = time.perf_counter()
             try:
                 if on_result is not None:
                     on_result(out.value)
+                self.show_s = time.perf_counter() - t0
             except NightwatchError as exc:
                 self._fail(str(exc))
                 return
