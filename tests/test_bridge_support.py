@@ -27,7 +27,7 @@ class ColourTextureEngine:
     """
 
     # median colour dominates (robust to particles and cracks); spread and texture weigh less
-    BANDWIDTH = np.array([0.035] * 3 + [0.12] * 3 + [0.12], np.float32)
+    BANDWIDTH = np.array([0.15] * 3 + [0.5] * 3 + [0.5], np.float32)
 
     def __init__(self, dim: int = 512, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)

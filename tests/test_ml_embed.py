@@ -83,6 +83,27 @@ def test_make_grid_skips_the_uniform_border(store):
         make_grid(store, tile=TILE, stride=32, mask=np.ones(3, bool))
 
 
+def test_alpha_and_16bit_grey_mosaics(tmp_path, tiny):
+    rng = np.random.default_rng(3)
+    # RGBA: textured pixels under alpha == 0 are background, the opaque half is kept
+    rgba = np.concatenate([rng.integers(0, 256, (256, 256, 3)), np.zeros((256, 256, 1))], axis=-1).astype(np.uint8)
+    rgba[:, 128:, 3] = 255
+    s4 = PaintingStore.create(tmp_path / "rgba.nightwatch.zarr")
+    write_mosaic_array(s4, rgba, pixel_size_um=5.0, source="rgba")
+    g4 = make_grid(s4, tile=64)
+    np.testing.assert_array_equal(g4.keep.reshape(4, 4), np.repeat([[False, False, True, True]], 4, axis=0))
+    # 16-bit grey: read as 8-bit RGB (value // 257, grey repeated)
+    grey = rng.integers(0, 65536, (192, 192), dtype=np.uint16)
+    s1 = PaintingStore.create(tmp_path / "grey.nightwatch.zarr")
+    write_mosaic_array(s1, grey, pixel_size_um=5.0, source="grey16")
+    g1 = make_grid(s1, tile=64, mask="none")
+    embed_store(s1, tiny, g1, batch_size=4)
+    vectors, _ = load_embeddings(s1, g1.grid_id)
+    rgb = np.repeat((grey // 257).astype(np.uint8)[..., None], 3, axis=-1)
+    want = tiny.encode_images(np.stack([rgb[y0:y1, x0:x1] for y0, x0, y1, x1 in g1.boxes()]))
+    np.testing.assert_allclose(vectors.astype(np.float32), want, atol=FP16_ATOL)
+
+
 def test_embed_end_to_end_matches_direct_encoding(store, tiny):
     grid = make_grid(store, tile=TILE, stride=32)  # overlapping tiles
     seen = []
@@ -154,6 +175,10 @@ def test_signatures_are_checked(store, tiny, tmp_path):
     res = embed_store(store, tiny, grid, overwrite=True)
     assert res["chunks_processed"] == res["n_chunks"] and res["complete"]
     load_embeddings(store, grid.grid_id, engine=tiny)
+    # the same grid with another mask would orphan the embeddings
+    with pytest.raises(NightwatchError, match="already has embeddings made with a different mask"):
+        make_grid(store, tile=TILE, mask="none")
+    assert make_grid(store, tile=TILE).keep.sum() < grid.n_tiles  # the same mask again is just reloaded
     # the mosaic replaced by another one: the embeddings no longer describe it
     other = _mosaic(seed=1)
     write_mosaic_array(store, other, pixel_size_um=5.0, source="another mosaic", source_signature="seed1")
@@ -177,8 +202,10 @@ def test_local_cluster_matches_in_process(tmp_path, tiny):
     store = _store(tmp_path / "p.nightwatch.zarr")
     grid = make_grid(store, tile=TILE, stride=32)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        # the scheduler address, as `--scheduler tcp://HOST:PORT` passes it
+        res = embed_store(store, tiny, grid, batch_size=16, chunk_tiles=16, client=cluster.scheduler_address,
+                          num_workers=1)
         with distributed.Client(cluster) as client:
-            res = embed_store(store, tiny, grid, batch_size=16, chunk_tiles=16, client=client, num_workers=1)
             # both workers did part of the work, each loading the model once
             who = client.run(lambda: len(__import__("napari_nightwatch.ml.embed", fromlist=["_ENGINES"])._ENGINES))
     assert res["complete"] and res["workers"] == 2 and res["chunks_processed"] == res["n_chunks"]

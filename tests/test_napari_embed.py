@@ -8,18 +8,32 @@ import numpy as np
 import pytest
 
 
+def idle_gap_ms(qtbot, ms: int = 700) -> float:
+    """Largest event-loop gap of the idle GUI: what the OS alone costs on a busy machine."""
+    from napari_nightwatch._napari._qt.jobs import EventLoopProbe
+
+    probe = EventLoopProbe()
+    probe.start()
+    qtbot.wait(ms)
+    return probe.stop()
+
+
+def check_responsive(what: str, runner, idle_ms: float) -> None:
+    """The job may not freeze the GUI: under 100 ms, or no worse than the idle loop on an overloaded host."""
+    gap = runner.job_max_gap_ms
+    print(f"\n{what}: largest event-loop gap while the job ran {gap:.1f} ms ({runner.elapsed_s:.2f} s job; "
+          f"idle loop {idle_ms:.1f} ms); adding its layers took {runner.show_s * 1000:.0f} ms")
+    assert gap < max(100.0, 1.5 * idle_ms)
+
+
 @pytest.fixture(autouse=True)
 def _config_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("NAPARI_NIGHTWATCH_CONFIG_DIR", str(tmp_path / "config"))
 
 
-@pytest.fixture(scope="module")
-def painting(tmp_path_factory):
-    from napari_nightwatch.synth import synthesize_painting
-
-    path = tmp_path_factory.mktemp("embed") / "painting.nightwatch.zarr"
-    synthesize_painting(path, size=256, seed=0)
-    return path
+@pytest.fixture
+def painting(synthetic_store_factory):
+    return synthetic_store_factory(256, 0).path
 
 
 def test_embed_cancel_then_resume(make_napari_viewer, qtbot, painting, tmp_path):
@@ -52,11 +66,10 @@ def test_embed_cancel_then_resume(make_napari_viewer, qtbot, painting, tmp_path)
     # rerun: only the missing chunks are embedded
     w.runner._progressed.disconnect()
     w.runner._progressed.connect(w.runner._on_progress)
+    idle = idle_gap_ms(qtbot)
     w.run_button.click()
     qtbot.waitUntil(lambda: not w.runner.running, timeout=120_000)
-    gap = w.runner.job_max_gap_ms
     res = w.last_result
     assert res is not None and res["complete"] and res["chunks_skipped"] == done_before
     assert res["random_weights"] and "RANDOM WEIGHTS" in w.result_label.text()
-    print(f"\nembed: largest event-loop gap while the job ran {gap:.1f} ms ({w.runner.elapsed_s:.2f} s job)")
-    assert gap < 100
+    check_responsive("embed", w.runner, idle)

@@ -168,8 +168,9 @@ def test_writers_round_trip(tmp_path):
 
 
 def test_manifest_valid_and_discovered():
-    import npe2
     from importlib.resources import files
+
+    import npe2
 
     path = files("napari_nightwatch") / "napari.yaml"
     mf = npe2.PluginManifest.from_file(str(path))
@@ -189,3 +190,33 @@ def test_settings_round_trip(tmp_path, monkeypatch):
     save_settings("embed", {"tile": 64})
     save_settings("search", {"k": 5})
     assert load_settings("embed") == {"tile": 64} and load_settings("search") == {"k": 5}
+
+
+def test_reader_opens_bruker_cube_directly(make_napari_viewer):
+    from conftest import shared_file
+
+    from napari_nightwatch.io.xrf_files import read_cube
+
+    path = shared_file("bruker-rsciio/bcf_v2_50x50px.bcf")
+    cube = read_cube(path)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari-nightwatch")
+    assert layer.data.shape == tuple(cube.data.shape[:2])
+    np.testing.assert_allclose(layer.data, np.asarray(cube.data, dtype=np.float64).sum(axis=-1), rtol=1e-6)
+    if cube.pixel_size_um:
+        np.testing.assert_allclose(layer.scale, [cube.pixel_size_um] * 2)
+    assert layer.metadata["calibration"]["gain_kev"] > 0
+
+
+def test_sample_data_builds_once_and_opens(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_nightwatch._napari import sample_data
+
+    monkeypatch.setenv("NAPARI_NIGHTWATCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(sample_data, "SAMPLE_SIZE", 256)
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("napari-nightwatch", "synthetic_painting")
+    assert [ly.name for ly in layers][:2] == ["synthetic-256-seed0 mosaic", "synthetic-256-seed0 XRF total counts"]
+    path = sample_data.synthetic_store_path(256)
+    assert path.parent == tmp_path / "cache" and not list(path.parent.glob(".building-*"))
+    stamp = (path / "zarr.json").stat().st_mtime_ns
+    assert sample_data.synthetic_store_path(256) == path and (path / "zarr.json").stat().st_mtime_ns == stamp

@@ -126,3 +126,18 @@ def test_runner_cancel_and_probe(qtbot, make_napari_viewer):
     runner.run(bad, None, "bad")
     qtbot.waitUntil(lambda: not runner.running, timeout=10_000)
     assert runner.last_message == "The tile size 0 must be positive."
+
+
+def test_every_widget_docks_through_the_manifest(make_napari_viewer):
+    from napari_nightwatch._napari._qt.bridge_widget import BridgeWidget
+    from napari_nightwatch._napari._qt.embed_widget import EmbedWidget
+    from napari_nightwatch._napari._qt.project_widget import ProjectWidget
+    from napari_nightwatch._napari._qt.search_widget import SearchWidget
+    from napari_nightwatch._napari._qt.xrf_widget import XrfWidget
+
+    viewer = make_napari_viewer()
+    expected = {"Painting project": ProjectWidget, "Embed tiles": EmbedWidget, "Search": SearchWidget,
+                "XRF": XrfWidget, "Bridge": BridgeWidget}
+    for name, cls in expected.items():
+        _, widget = viewer.window.add_plugin_dock_widget("napari-nightwatch", name)
+        assert isinstance(widget, cls)

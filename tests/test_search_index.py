@@ -129,7 +129,8 @@ def test_incremental_add_without_rebuild(search_base, tmp_path, kind):
     emb = open_embeddings(store, grid, ENC.model_id)
     q = emb.read(np.array([700, 1000]))  # tiles that were not embedded at build time
     s, t = vi.search(q, 5)
-    assert list(t[:, 0]) == [700, 1000] and np.all(np.abs(s[:, 0] - 1) < 2e-3)
+    # each finds itself first (rows are renormalised, so no near-duplicate outscores the tile itself)
+    assert list(t[:, 0]) == [700, 1000] and np.all(np.abs(s[:, 0] - 1) < 1e-5)
     if kind == "flat":  # exact: identical to searching everything
         np.testing.assert_array_equal(t, _exact(store, grid, q, 5)[1])
 

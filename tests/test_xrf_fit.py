@@ -164,3 +164,20 @@ def test_bad_fit_inputs():
     # an all-zero spectrum fits to zero, not to an error
     zero = fit_spectra(np.zeros((1, 1024)), model)
     assert zero.areas[0, 0] == 0.0 and Detector().escape
+
+
+def test_pileup_terms_absorb_sum_peaks():
+    from napari_nightwatch.xrf.model import pileup_template
+
+    e = np.arange(1024) * 0.02 + 0.01
+    fams = [get_family(n) for n in ("Fe-K", "Pb-L", "Ca-K")]
+    lam = simulate_spectra(e, fams, np.tile([[5000.0, 1000.0, 2000.0]], (400, 1)),
+                           continuum_areas=np.full(400, 2000.0), rng=None)
+    lam += 100.0 * pileup_template(fams[0], fams[0], e)[None]  # Fe+Fe at 12.8 keV, under Pb L-beta
+    y = np.random.default_rng(0).poisson(lam).astype(np.float32)
+    plain = fit_spectra(y, build_fit_model(e, fams, mean_spectrum=y.mean(0)))
+    model = build_fit_model(e, fams, mean_spectrum=y.mean(0), pileup=True)
+    assert any(t.startswith("pileup-Fe-K+Fe-K") for t in model.term_names)
+    fixed = fit_spectra(y, model)
+    assert abs(fixed.areas[:, 1].mean() - 1000.0) < abs(plain.areas[:, 1].mean() - 1000.0)
+    assert abs(np.median(fixed.chi2) - 1.0) < 0.05 < abs(np.median(plain.chi2) - 1.0)

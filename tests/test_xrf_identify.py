@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import shared_file
 
+from conftest import shared_file
 from napari_nightwatch.core.errors import NightwatchError
 from napari_nightwatch.core.spectra import EnergyCalibration
 from napari_nightwatch.xrf.calibration import estimate_detector, refine_calibration

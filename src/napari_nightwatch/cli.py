@@ -232,7 +232,7 @@ def _cmd_xrf_maps(args) -> dict:
     cb, close = _progress(args)
     try:
         result = fit_store(store, args.elements, background=args.background, refine=not args.no_refine,
-                           row_shift=row_shift, overwrite=args.overwrite, progress=cb)
+                           row_shift=row_shift, overwrite=args.overwrite, pileup=args.pileup, progress=cb)
     finally:
         close()
     if args.export is not None:
@@ -267,6 +267,89 @@ def _cmd_spectrum(args) -> dict:
         out["energies_kev"] = energies.tolist()
         out["counts"] = spec.tolist()
     return out
+
+
+# ------------------------------------------------------------------ bridge (issue 5)
+def _box_arg(text: str | None, what: str) -> tuple[float, float, float, float] | None:
+    return None if text is None else _floats(text, 4, what)
+
+
+def _cmd_register(args) -> dict:
+    from .project import PaintingStore
+    from .xrf.registration import register_store
+
+    if (args.points is None) and not args.auto:
+        raise NightwatchError("Give control points (--points FILE) and/or ask for automatic refinement (--auto).")
+    store = PaintingStore.open(args.store, mode="r+")
+    cb, close = _progress(args)
+    try:
+        res = register_store(store, points=args.points, auto=args.auto, kind=args.kind, element=args.element,
+                             search_px=args.search_px, refine_model=args.refine_model, progress=cb)
+    finally:
+        close()
+    return res.to_dict()
+
+
+def _cmd_train_xrf(args) -> dict:
+    from .ml.xrf_bridge import train_xrf_bridge
+    from .project import PaintingStore
+
+    store = PaintingStore.open(args.store, mode="r+")
+    cb, close = _progress(args)
+    last: dict[str, str] = {}
+
+    def progress(done: int, total: int, stage: str) -> None:
+        # the stage carries the loss; one bar per stage name, the loss kept for the summary
+        name, _, detail = stage.partition(":")
+        if detail:
+            last["progress"] = detail.strip()
+        cb(done, total, name)
+
+    try:
+        out = train_xrf_bridge(store, grid_id=args.grid, image_model_id=args.model, epochs=args.epochs,
+                               train_region=_box_arg(args.train_region, "--train-region"), seed=args.seed,
+                               threads=args.threads, progress=progress)
+    finally:
+        close()
+    out["last_epoch"] = last.get("progress")
+    return out
+
+
+def _cmd_predict_xrf(args) -> dict:
+    from .ml.xrf_bridge import export_predicted_maps, predict_xrf_maps
+    from .project import PaintingStore
+
+    store = PaintingStore.open(args.store, mode="r+")
+    cb, close = _progress(args)
+    try:
+        out = predict_xrf_maps(store, encoder_id=args.encoder, grid_id=args.grid, name=args.name, progress=cb)
+    finally:
+        close()
+    if args.export is not None:
+        out["exported"] = export_predicted_maps(store, out["name"], args.export)
+    if not args.json:
+        out["validation"] = {
+            el: f"r={_fmt(v.get('r'))} ssim={_fmt(v.get('ssim'))} ({v['method']}){'' if v['evidence'] else ' NO EVIDENCE'}"
+            for el, v in out["validation"].items()
+        }
+    return out
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _cmd_import_maps(args) -> dict:
+    from .io.element_maps import import_element_maps, parse_map_arguments
+    from .project import PaintingStore
+
+    store = PaintingStore.open(args.store, mode="r+")
+    cb, close = _progress(args)
+    try:
+        return import_element_maps(store, parse_map_arguments(args.map or []), pixel_size_um=args.pixel_size_um,
+                                   overwrite=args.overwrite, progress=cb)
+    finally:
+        close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -316,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-refine", action="store_true", help="keep the stored energy calibration as is")
     sp.add_argument("--row-shift", default=None, help="'auto' or pixels: correct bidirectional-scan row shift")
     sp.add_argument("--overwrite", action="store_true", help="refit instead of resuming an interrupted run")
+    sp.add_argument("--pileup", action="store_true", help="also fit sum peaks of the strongest lines")
 
     sp = add("spectrum", _cmd_spectrum, "mean XRF spectrum of a pixel or rectangle of a painting store")
     sp.add_argument("store", type=Path)
@@ -374,6 +458,38 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-merge", action="store_true", help="keep overlapping hits")
     sp.add_argument("--iou", type=float, default=0.3, help="overlap (IoU) above which hits are merged")
     # ------------------------------------------------------------ bridge commands (issue 5)
+    sp = add("register", _cmd_register, "register the MA-XRF data onto the mosaic (control points and/or automatic)")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("--points", type=Path, default=None, help="CSV with header xrf_y,xrf_x,mosaic_y,mosaic_x")
+    sp.add_argument("--auto", action="store_true", help="refine by agreement of XRF images and mosaic colour")
+    sp.add_argument("--kind", choices=("affine", "similarity"), default="affine", help="control-point transform")
+    sp.add_argument("--refine-model", choices=("rigid", "similarity", "affine"), default="rigid",
+                    help="free parameters of the automatic refinement")
+    sp.add_argument("--element", default=None, help="element map to match in --auto (default: all)")
+    sp.add_argument("--search-px", type=float, default=6.0, help="shift search half-width in XRF pixels (--auto)")
+
+    sp = add("train-xrf", _cmd_train_xrf, "train the spectrum encoder and inverse head on tiles paired with XRF")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("--grid", default=None, help="grid id (default: the only one with embeddings)")
+    sp.add_argument("--model", default=None, help="image model id of the embeddings (default: the only one)")
+    sp.add_argument("--epochs", type=int, default=200, help="maximum epochs (early stopping on validation retrieval)")
+    sp.add_argument("--train-region", default=None, metavar="Y0,X0,Y1,X1",
+                    help="train only on tiles inside this level-0 box; everything outside is held out")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    sp = add("predict-xrf", _cmd_predict_xrf, "predict element maps from the photograph; validate on held-out blocks")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("--encoder", default=None, help="trained spectrum encoder id (default: the newest)")
+    sp.add_argument("--grid", default=None)
+    sp.add_argument("--name", default=None, help="name under predicted/ (default: the encoder id)")
+    sp.add_argument("--export", type=Path, default=None, help="write one float32 TIFF per element + JSON sidecar")
+
+    sp = add("import-maps", _cmd_import_maps, "import exported element maps (images) as the XRF modality")
+    sp.add_argument("store", type=Path)
+    sp.add_argument("--map", action="append", metavar="NAME=FILE", help="element map, e.g. Pb-L=Pb.tif (repeatable)")
+    sp.add_argument("--pixel-size-um", type=float, default=None, help="map pixel size (default: stretched over the mosaic)")
+    sp.add_argument("--overwrite", action="store_true", help="replace existing XRF data")
     return p
 
 

@@ -54,7 +54,7 @@ _UPGRADES: dict[int, Any] = {}
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def provenance(**made_from: Any) -> dict[str, Any]:

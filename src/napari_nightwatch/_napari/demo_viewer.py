@@ -1,5 +1,10 @@
-"""The demo's napari window: every result of :func:`napari_nightwatch.demo.run_pipeline`
-as layers, with the plugin's widgets docked."""
+"""The demo in napari: every result of :func:`napari_nightwatch.demo.run_pipeline` as layers.
+
+Opens the painting (mosaic, XRF total counts, element maps), shows the demo search
+through the Search panel (hits, hit boxes, similarity map, results table), the
+element maps predicted from the photograph beside the measured ones, and docks the
+plugin's panels.
+"""
 
 from __future__ import annotations
 
@@ -8,68 +13,63 @@ from typing import Any
 
 import numpy as np
 
-from ..core.tiling import TileGrid
-from . import layers as L
-
-DOCKED_WIDGETS = ("Project", "Search", "XRF", "Bridge")
+PANELS = ("Painting project", "Embed tiles", "Search", "XRF", "Bridge")
 
 
-def demo_layers(result: dict[str, Any]) -> list:
-    """Layer data for the demo: mosaic, measured and predicted element maps, a search."""
+def add_demo_layers(viewer, result: dict[str, Any]) -> dict[str, Any]:
+    """Add the demo's layers and panels to ``viewer``; returns the docked panels by name."""
     from ..project import PaintingStore
+    from . import layers as L
+    from ._compat import avoid_llvm_clash
+    from ._qt.common import add_layer_data
+    from ._qt.search_widget import SearchResult, grid_of
+    from .reader import store_layers
 
+    avoid_llvm_clash()
     store = PaintingStore.open(result["store"])
-    px = store.mosaic_pixel_size_um
-    suffix = result.get("suffix", "")
-    out = [L.mosaic_layer(store), L.xrf_total_layer(store)]
-    out[-1][1]["visible"] = False
-    measured = L.store_element_map_layers(store, visible=False)
-    out += measured
-
-    # predicted maps beside the measured ones, with the held-out agreement in metadata
-    name = result.get("predicted")
-    if name:
-        g = store.group(f"predicted/{name}")
-        attrs = dict(g.attrs["nightwatch"])
-        grid = TileGrid.from_attrs(attrs["grid"])
-        maps = np.asarray(g["0"][...])
-        metrics = {
-            el: {"r": v.get("r_head"), "ssim": v.get("ssim_head")} for el, v in attrs.get("validation", {}).items()
-        }
-        pred = L.predicted_map_layers(maps, attrs["elements"], grid, px, metrics=metrics, suffix=suffix)
-        for layer in pred:
-            layer[1]["visible"] = False
-        out += pred
-
-    # the demo search: similarity heat map + hits
-    hits = result.get("hits", [])
-    grid = TileGrid.from_attrs(store.node_attrs(f"grids/{result['grid_id']}")["grid"])
-    query = result["query"] + suffix
-    if "similarity" in result:
-        out.append(L.similarity_map_layer(np.asarray(result["similarity"]), grid, px, f"similarity: {query}"))
-    if hits:
-        boxes = np.array([h["box"] for h in hits], float)
-        scores = np.array([h["score"] for h in hits], float)
-        out += L.hit_layers(boxes, scores, query, px, tiles=np.array([h["tile"] for h in hits]))
-    return out
+    suffix = result.get("suffix") or (" (random weights)" if result.get("random_weights") else "")
+    for ld in store_layers(store.path):
+        add_layer_data(viewer, ld)
+    panels = {}
+    for name in PANELS:
+        _, panels[name] = viewer.window.add_plugin_dock_widget("napari-nightwatch", name, tabify=True)
+    if result.get("predicted"):
+        for ld in L.store_predicted_layers(store, result["predicted"], suffix):
+            ld[1]["visible"] = False  # the measured maps show first; tick a predicted one to compare
+            add_layer_data(viewer, ld)
+    if result.get("hits") is not None and result.get("grid_id"):
+        grid = grid_of(store, result["grid_id"])
+        res = SearchResult(
+            label=result["query"],
+            hits=result["hits"],
+            scores_map=np.asarray(result["similarity"], np.float32),
+            grid=grid,
+            pixel_size_um=store.mosaic_pixel_size_um,
+            random_weights=bool(result.get("random_weights")),
+        )
+        panels["Search"].show_result(res)
+        panels["Search"].text_edit.setText(result["query"])
+    viewer.scale_bar.visible = True
+    viewer.scale_bar.unit = "um"
+    return panels
 
 
 def show_demo(result: dict[str, Any], screenshot: str | Path | None = None, block: bool = True):
-    """Open napari with the demo's layers and the plugin's widgets; optionally save a screenshot."""
+    """Open napari with the demo's results; save a screenshot (and close) when asked."""
     import napari
 
     viewer = napari.Viewer(title="napari-nightwatch demo")
-    for data, kwargs, kind in demo_layers(result):
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
-    for widget in DOCKED_WIDGETS:
-        try:
-            viewer.window.add_plugin_dock_widget("napari-nightwatch", widget)
-        except Exception as exc:  # a widget that fails to dock must not take the demo down
-            print(f"could not dock the {widget} widget: {exc}")
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
-    viewer.reset_view()
+    if result.get("random_weights"):
+        from napari.utils.notifications import show_warning
+
+        show_warning("The pretrained CLIP weights could not be fetched: the demo runs the same architecture at "
+                     "RANDOM weights and every search result is noise (layers are marked '(random weights)').")
+    add_demo_layers(viewer, result)
     if screenshot:
+        from qtpy.QtWidgets import QApplication
+
+        for _ in range(20):  # let the canvas draw every layer once
+            QApplication.processEvents()
         Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
         viewer.screenshot(str(screenshot), canvas_only=False)
         viewer.close()

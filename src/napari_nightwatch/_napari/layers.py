@@ -241,9 +241,20 @@ def xrf_total_layer(store, name: str | None = None) -> LayerDataTuple:
     return (total, kwargs, "image")
 
 
+def cube_total_counts(cube, rows_per_read: int = 64) -> np.ndarray:
+    """Sum over energy of a ``(y, x, energy)`` cube, read a band of rows at a time (memory stays bounded)."""
+    if hasattr(cube, "dask") or type(cube).__module__.startswith("dask"):
+        return np.asarray(cube.sum(axis=-1, dtype=np.float64).compute(), dtype=np.float32)
+    ny = int(cube.shape[0])
+    out = np.empty(tuple(int(v) for v in cube.shape[:2]), np.float32)
+    for y0 in range(0, ny, rows_per_read):
+        out[y0 : y0 + rows_per_read] = np.asarray(cube[y0 : y0 + rows_per_read], dtype=np.float64).sum(axis=-1)
+    return out
+
+
 def cube_total_layer(cube, name: str, pixel_size_um: float | None = None, metadata: dict | None = None) -> LayerDataTuple:
     """Total counts of an XRF cube ``(y, x, energy)`` opened directly from a file."""
-    total = np.asarray(np.asarray(cube, dtype=np.float64).sum(axis=-1), dtype=np.float32)
+    total = cube_total_counts(cube)
     p = float(pixel_size_um) if pixel_size_um else 1.0
     kwargs = {
         "name": name,
@@ -471,11 +482,24 @@ def hit_layers(
     return [(centers, points_kw, "points"), (rects, shapes_kw, "shapes")]
 
 
-def store_predicted_layers(store, name: str, suffix: str = "") -> list[LayerDataTuple]:
-    """A stored prediction (``predicted/<name>``): ``predicted <el>`` maps plus hidden uncertainty and no-evidence layers.
+def store_predicted_layers(
+    store, name: str, suffix: str = "", parts: Sequence[str] = ("maps",)
+) -> list[LayerDataTuple]:
+    """Layers of a stored prediction (``predicted/<name>``), one per element.
 
-    Held-out r and SSIM per element (from the prediction's validation record) are kept
-    in each map layer's metadata under ``heldout``.
+    Parameters
+    ----------
+    store
+        The painting store.
+    name
+        The prediction's name under ``predicted/``.
+    suffix
+        Added to every layer name (e.g. ``" (random weights)"``).
+    parts
+        Any of ``"maps"`` (``predicted Pb-L``, with held-out r and SSIM in the layer
+        metadata under ``heldout``), ``"uncertainty"`` (``uncertainty Pb-L``) and
+        ``"no_evidence"`` (``no evidence Pb-L``: tiles where the photograph carries no
+        evidence of the element).
     """
     from ..core.tiling import TileGrid
 
@@ -484,26 +508,28 @@ def store_predicted_layers(store, name: str, suffix: str = "") -> list[LayerData
     names = list(attrs["elements"])
     grid = TileGrid.from_attrs(attrs["grid"])
     p = store.mosaic_pixel_size_um
-    metrics = {}
-    for el, v in (attrs.get("validation") or {}).items():
-        metrics[el] = {"r": v.get("r_head"), "ssim": v.get("ssim_head"), "r_joint": v.get("r_joint"),
-                       "ssim_joint": v.get("ssim_joint"), "evidence": v.get("evidence")}
-    maps = np.nan_to_num(np.asarray(g["0"][...], dtype=np.float32), nan=0.0)
-    out = predicted_map_layers(maps, names, grid, p, metrics=metrics, suffix=suffix)
-    for _, kw, _ in out:
-        kw["metadata"].update({"nightwatch_store": str(store.path), "prediction": name})
-    if "uncertainty" in g:
+    out: list[LayerDataTuple] = []
+    common = {"nightwatch_store": str(store.path), "prediction": name}
+    if "maps" in parts:
+        metrics = {}
+        for el, v in (attrs.get("validation") or {}).items():
+            metrics[el] = {"r": v.get("r_head"), "ssim": v.get("ssim_head"), "r_joint": v.get("r_joint"),
+                           "ssim_joint": v.get("ssim_joint"), "evidence": v.get("evidence")}
+        maps = np.nan_to_num(np.asarray(g["0"][...], dtype=np.float32), nan=0.0)
+        layers = predicted_map_layers(maps, names, grid, p, metrics=metrics, suffix=suffix)
+        for _, kw, _ in layers:
+            kw["metadata"].update(common)
+        out.extend(layers)
+    if "uncertainty" in parts and "uncertainty" in g:
         unc = np.asarray(g["uncertainty"][...], dtype=np.float32)
         for i, el in enumerate(names):
             ld = tile_value_layer(np.nan_to_num(unc[i], nan=0.0), grid, p, f"uncertainty {el}{suffix}", colormap="magma")
-            ld[1]["visible"] = False
-            ld[1]["metadata"].update({"nightwatch_kind": "prediction_uncertainty", "element": el, "prediction": name})
+            ld[1]["metadata"].update({"nightwatch_kind": "prediction_uncertainty", "element": el, **common})
             out.append(ld)
-    if "no_evidence" in g:
+    if "no_evidence" in parts and "no_evidence" in g:
         ne = np.asarray(g["no_evidence"][...], dtype=np.float32)
         for i, el in enumerate(names):
             ld = tile_mask_layer(ne[i], grid, p, f"no evidence {el}{suffix}")
-            ld[1]["visible"] = False
-            ld[1]["metadata"].update({"nightwatch_kind": "prediction_no_evidence", "element": el, "prediction": name})
+            ld[1]["metadata"].update({"nightwatch_kind": "prediction_no_evidence", "element": el, **common})
             out.append(ld)
     return out

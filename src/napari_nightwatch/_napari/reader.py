@@ -67,7 +67,8 @@ def read_xrf_file(path: str | list[str]) -> list:
 
     p = Path(path[0] if isinstance(path, list) else path)
     cube = read_cube(p)
-    data = getattr(cube, "data", cube)
-    pixel_size = getattr(cube, "pixel_size_um", None)
-    return [layers.cube_total_layer(data, name=f"{p.name} total counts", pixel_size_um=pixel_size,
-                                    metadata={"source": str(p)})]
+    meta = {"source": str(p), "shape": [int(v) for v in cube.data.shape]}
+    if cube.calibration is not None:
+        meta["calibration"] = cube.calibration.to_dict()
+    return [layers.cube_total_layer(cube.data, name=f"{p.name} total counts", pixel_size_um=cube.pixel_size_um,
+                                    metadata=meta)]

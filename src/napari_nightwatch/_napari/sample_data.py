@@ -25,7 +25,8 @@ def cache_dir() -> Path:
         return Path.home() / ".cache" / "napari-nightwatch"
 
 
-def synthetic_store_path(size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED, progress: ProgressCallback | None = None) -> Path:
+def synthetic_store_path(size: int | None = None, seed: int = SAMPLE_SEED,
+                         progress: ProgressCallback | None = None) -> Path:
     """Path of the cached synthetic painting store, building it on first use.
 
     The store is built in a temporary sibling folder and renamed into place only when
@@ -34,6 +35,7 @@ def synthetic_store_path(size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED, progr
     from ..project import PaintingStore
     from ..synth import synthesize_painting
 
+    size = SAMPLE_SIZE if size is None else int(size)
     root = cache_dir()
     path = root / f"synthetic-{size}-seed{seed}.nightwatch.zarr"
     if path.exists():
@@ -45,13 +47,15 @@ def synthetic_store_path(size: int = SAMPLE_SIZE, seed: int = SAMPLE_SEED, progr
             pass
         shutil.rmtree(path, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".building-{os.getpid()}-{path.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # same file name inside a private folder, so the store keeps its proper name
+    tmp_dir = root / f".building-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir()
     try:
-        synthesize_painting(tmp, size=size, seed=seed, overwrite=True, progress=progress)
-        os.replace(tmp, path)
+        synthesize_painting(tmp_dir / path.name, size=size, seed=seed, overwrite=True, progress=progress)
+        os.replace(tmp_dir / path.name, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return path
 
 

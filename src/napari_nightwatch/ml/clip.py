@@ -19,6 +19,7 @@ import hashlib
 import re
 import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,13 +126,50 @@ def _find_checkpoint(directory: Path) -> Path | None:
     return found[0] if found else None
 
 
-def _offline_message(model: str, tag: str, exc: BaseException) -> str:
+def _offline_message(model: str, tag: str | None, exc: BaseException) -> str:
+    what = model if tag is None else f"{model}/{tag}"
     return (
-        f"The weights for {model}/{tag} could not be downloaded ({type(exc).__name__}; this machine may be "
+        f"The weights for {what} could not be downloaded ({type(exc).__name__}; this machine may be "
         f"offline); download open_clip_pytorch_model.bin elsewhere and pass it with "
         f"--pretrained /path/to/open_clip_pytorch_model.bin (or the directory holding it), "
         f"or pretrained=... in Python."
     )
+
+
+@contextmanager
+def _hub_offline_when_unreachable():
+    """Switch huggingface_hub to offline mode while the hub cannot be reached.
+
+    Without this, an offline machine spends about a minute in retries before the
+    download fails; offline mode fails at once and still serves cached weights. The
+    probe is skipped behind a proxy (a direct connection would fail but downloads work).
+    """
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"))
+    try:
+        import huggingface_hub.constants as hf_constants
+    except ImportError:  # pragma: no cover - open_clip then uses plain URLs
+        hf_constants = None
+    if proxied or hf_constants is None or hf_constants.HF_HUB_OFFLINE:
+        yield
+        return
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or 443), timeout=3).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    if reachable:
+        yield
+        return
+    hf_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hf_constants.HF_HUB_OFFLINE = False
 
 
 class ClipEngine:
@@ -422,11 +460,12 @@ def load_clip(
 
         hub_id = model[len("hf-hub:") :]
         try:
-            download_pretrained_from_hf(hub_id, filename="open_clip_config.json", cache_dir=cache)
-            download_pretrained_from_hf(hub_id, cache_dir=cache)
-            net = open_clip.create_model(model, device="cpu", precision="fp32", cache_dir=cache)
+            with _hub_offline_when_unreachable():
+                download_pretrained_from_hf(hub_id, filename="open_clip_config.json", cache_dir=cache)
+                download_pretrained_from_hf(hub_id, cache_dir=cache)
+                net = open_clip.create_model(model, device="cpu", precision="fp32", cache_dir=cache)
         except Exception as exc:
-            raise NightwatchError(_offline_message(model, "hub weights", exc)) from exc
+            raise NightwatchError(_offline_message(model, None, exc)) from exc
         pp = getattr(net.visual, "preprocess_cfg", {})
         mean, std = pp.get("mean", mean), pp.get("std", std)
         label, model_name, model_id = model, model, safe_id(model.replace("hf-hub:", "hf-"))
@@ -470,7 +509,8 @@ def load_clip(
                 from open_clip.pretrained import download_pretrained
 
                 try:
-                    ckpt = Path(download_pretrained(pcfg, cache_dir=cache))
+                    with _hub_offline_when_unreachable():
+                        ckpt = Path(download_pretrained(pcfg, cache_dir=cache))
                 except Exception as exc:
                     raise NightwatchError(_offline_message(model, tag, exc)) from exc
                 net = _build_random(open_clip, torch, model, quick_gelu=bool(pcfg.get("quick_gelu", False)))

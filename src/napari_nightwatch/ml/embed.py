@@ -360,12 +360,11 @@ def load_embeddings(
             f"{ {g: m for g, m in list_embeddings(store).items() if m} or 'none'} (run `nightwatch embed`)."
         )
     if not store.is_complete(path):
-        meta = store.node_attrs(path)
-        done = np.asarray(store.root[f"{path}/done"][...], bool)
+        g = store.root[path]
+        done = np.asarray(g["done"][...], bool) if "done" in g else np.zeros(0, bool)
         raise NightwatchError(
             f"Embeddings of grid {grid_id} for {model_id} in {store.path} are unfinished "
             f"({int(done.sum())}/{done.size} chunks); rerun `nightwatch embed` to resume."
-            if meta else f"Embeddings of grid {grid_id} for {model_id} in {store.path} are unfinished."
         )
     stored = store.node_attrs(path).get("signature", {})
     current = {"source": source_signature(store), "grid": grid.to_attrs(), "keep_sha1": keep_digest(grid)}

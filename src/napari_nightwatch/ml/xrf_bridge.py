@@ -29,8 +29,10 @@ Store layout written here::
       bank_vectors              (n_train, dim) float16 encoder embeddings of their spectra
       bank_elements             (n_train, c) float32 their element intensities
     predicted/<name>/           NGFF 0.5 image (c, rows, cols) on the tile grid:
-                                "0" head prediction; attrs["nightwatch"]: elements,
-                                grid, map_transform (level-0 px), validation, flags
+                                "0" best estimate per element (chosen on validation
+                                tiles); attrs["nightwatch"]: elements, methods, grid,
+                                map_transform (level-0 px), validation, flag rule
+      head                      (c, rows, cols) float32 regression-head prediction
       joint                     (c, rows, cols) float32 prediction through the joint space
       uncertainty               (c, rows, cols) float32 one standard deviation
       no_evidence               (c, rows, cols) uint8   1 = the photograph does not say
@@ -54,8 +56,8 @@ from .spectrum_encoder import SpectrumEncoderConfig
 
 #: splits of the paired tiles
 TRAIN, VAL, TEST, UNPAIRED = 0, 1, 2, -1
-#: elements whose held-out predictability (Pearson r on validation tiles) is below
-#: this carry no evidence in the photograph anywhere
+#: elements whose leave-block-out predictability from look-alike training tiles
+#: (Pearson r) is below this carry no evidence in the photograph anywhere
 MIN_ELEMENT_R = 0.5
 #: a tile is flagged for an element when its image neighbours' measured values
 #: spread by more than this fraction of the element's typical range
@@ -164,7 +166,7 @@ def spatial_block_split(
     grid: TileGrid,
     tiles: np.ndarray,
     *,
-    block_tiles: int = 8,
+    block_tiles: int = 4,
     fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
     train_region: tuple[float, float, float, float] | None = None,
     seed: int = 0,
@@ -297,59 +299,80 @@ def _train_encoder(cfg, x_tr, v_tr, x_va, v_va, *, epochs, batch_size, lr, patie
     return model, history, best[2]
 
 
-def _build_head(dim: int, n_out: int, n_members: int, hidden: int = 128):
+#: the inverse head: members of the ensemble and their width
+HEAD_MEMBERS, HEAD_HIDDEN = 5, 64
+
+
+def _build_head(dim: int, n_out: int, n_members: int = HEAD_MEMBERS, hidden: int = HEAD_HIDDEN, dropout: float = 0.3):
+    """An ensemble of small MLPs (image embedding -> element intensities), batched.
+
+    The members' weights are stacked so the whole ensemble trains and predicts in
+    one batched matrix product per layer, not one Python step per member.
+    """
     import torch
 
     nn = torch.nn
 
     class _Head(nn.Module):
-        """An ensemble of small MLPs: image embedding -> standardised element intensities."""
-
         def __init__(self) -> None:
             super().__init__()
-            self.members = nn.ModuleList(
-                nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(0.1), nn.Linear(hidden, n_out))
-                for _ in range(n_members)
-            )
+            g = torch.Generator().manual_seed(0)
+            self.w1 = nn.Parameter(torch.randn(n_members, dim, hidden, generator=g) / np.sqrt(dim))
+            self.b1 = nn.Parameter(torch.zeros(n_members, 1, hidden))
+            self.w2 = nn.Parameter(torch.randn(n_members, hidden, n_out, generator=g) / np.sqrt(hidden))
+            self.b2 = nn.Parameter(torch.zeros(n_members, 1, n_out))
+            self.drop = nn.Dropout(dropout)
             self.register_buffer("target_mean", torch.zeros(n_out))
             self.register_buffer("target_std", torch.ones(n_out))
 
+        def standardised(self, v):  # (members, n, n_out)
+            h = torch.nn.functional.gelu(torch.matmul(v, self.w1) + self.b1)
+            return torch.matmul(self.drop(h), self.w2) + self.b2
+
         def forward(self, v):  # (members, n, n_out) in intensity units
-            y = torch.stack([m(v) for m in self.members])
-            return y * self.target_std + self.target_mean
+            return self.standardised(v) * self.target_std + self.target_mean
 
     return _Head()
 
 
-def _train_head(v_tr, e_tr, v_va, e_va, *, n_members=5, epochs=400, lr=3e-3, patience=40, seed=0):
+def _train_head(v_tr, e_tr, v_va, e_va, *, epochs=600, lr=3e-3, patience=60, seed=0, weight_decay=1e-3):
+    """Train the ensemble: each member on its own Poisson-bootstrap weights of the
+    training tiles (so the spread of the members is a model uncertainty), early
+    stopping per member on the validation tiles."""
     import torch
 
-    head = _build_head(v_tr.shape[1], e_tr.shape[1], n_members)
+    head = _build_head(v_tr.shape[1], e_tr.shape[1])
     mu, sd = e_tr.mean(0), e_tr.std(0) + 1e-6
     head.target_mean.copy_(torch.as_tensor(mu))
     head.target_std.copy_(torch.as_tensor(sd))
     vt, et = torch.as_tensor(v_tr), torch.as_tensor((e_tr - mu) / sd)
     vv, ev = torch.as_tensor(v_va), torch.as_tensor((e_va - mu) / sd)
-    for i, member in enumerate(head.members):
-        gen = _seed_torch(seed + 101 * i)
-        # each member sees a bootstrap resample: the ensemble spread is then a model uncertainty
-        boot = torch.randint(0, len(vt), (len(vt),), generator=gen)
-        opt = torch.optim.AdamW(member.parameters(), lr=lr, weight_decay=1e-3)
-        best = (np.inf, None, 0)
-        for epoch in range(epochs):
-            member.train()
-            loss = torch.mean((member(vt[boot]) - et[boot]) ** 2)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            member.eval()
-            with torch.no_grad():
-                val = float(torch.mean((member(vv) - ev) ** 2)) if len(vv) else float(loss)
-            if val < best[0] - 1e-5:
-                best = (val, {k: x.clone() for k, x in member.state_dict().items()}, epoch)
-            elif epoch - best[2] >= patience:
-                break
-        member.load_state_dict(best[1])
+    gen = _seed_torch(seed)
+    m = head.w1.shape[0]
+    boot = torch.poisson(torch.ones(m, len(vt), 1), generator=gen)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    best_val = torch.full((m,), np.inf)
+    best = {k: v.detach().clone() for k, v in head.named_parameters()}
+    since = torch.zeros(m)
+    for _ in range(epochs):
+        head.train()
+        loss = (boot * (head.standardised(vt) - et) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        head.eval()
+        with torch.no_grad():
+            val = ((head.standardised(vv) - ev) ** 2).mean(dim=(1, 2)) if len(vv) else torch.full((m,), float(loss))
+            better = val < best_val - 1e-5
+            best_val = torch.where(better, val, best_val)
+            since = torch.where(better, torch.zeros_like(since), since + 1)
+            for k, p in head.named_parameters():
+                best[k][better] = p.detach()[better]
+        if bool((since >= patience).all()):
+            break
+    with torch.no_grad():
+        for k, p in head.named_parameters():
+            p.copy_(best[k])
     head.eval()
     return head
 
@@ -371,7 +394,7 @@ def train_xrf_bridge(
     image_model_id: str | None = None,
     epochs: int = 200,
     train_region: tuple[float, float, float, float] | None = None,
-    block_tiles: int = 8,
+    block_tiles: int = 4,
     batch_size: int = 256,
     lr: float = 2e-3,
     arch: str = "mlp",
@@ -379,6 +402,7 @@ def train_xrf_bridge(
     min_train_tiles: int = 32,
     max_tiles: int = 50000,
     seed: int = 0,
+    threads: int | None = None,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Train the spectrum encoder and the inverse head on a grid's paired tiles.
@@ -403,6 +427,8 @@ def train_xrf_bridge(
         Fewer paired training tiles than this is refused.
     max_tiles
         At most this many paired tiles are used (random, per split), bounding memory.
+    threads
+        torch CPU threads while training (default: torch's own setting).
     progress
         ``progress(done, total, stage)``; the stage string carries the loss.
 
@@ -412,6 +438,19 @@ def train_xrf_bridge(
         encoder_id, numbers of tiles per split, epochs run, validation metrics, timings.
     """
     import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, block_tiles, batch_size, lr,
+                                 arch, patience, min_train_tiles, max_tiles, seed, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, block_tiles, batch_size, lr, arch,
+                      patience, min_train_tiles, max_tiles, seed, progress) -> dict[str, Any]:
 
     from ..project import _jsonable
     from ..xrf.pairing import footprint_matrix, load_element_intensity_maps, pair_cube
@@ -561,7 +600,7 @@ class XrfBridge:
         self.element_names = list(self.attrs.get("element_names", []))
         self.head = None
         if "head" in g:
-            self.head = _build_head(self.config.dim, len(self.element_names), 5)
+            self.head = _build_head(self.config.dim, len(self.element_names))
             load_safetensors_bytes(self.head, np.asarray(g["head"][...]).tobytes(), f"inverse head {encoder_id}")
             self.head.eval()
             self.bank_elements = np.asarray(g["bank_elements"][...], np.float32)
@@ -662,10 +701,14 @@ def load_xrf_bridge(
 def _spectrum_on_axis(energies: np.ndarray, counts: np.ndarray, store, what: str) -> np.ndarray:
     """Bring a spectrum onto the cube's channel axis, or say why it cannot be.
 
-    Counts are resampled as a density (counts per keV), so a spectrum with finer or
-    coarser channels keeps its shape.  The cube's energy range must be covered
-    where the cube has counts (beyond the file's range there is nothing to compare).
+    Counts are rebinned per energy interval (the XRF engine's
+    :func:`~napari_nightwatch.xrf.spectra.rebin_spectrum`), so finer or coarser
+    channels keep the spectrum's shape.  The file must cover the energies where the
+    cube has its counts: beyond the file's range there is nothing to compare, and a
+    truncated spectrum would look like another composition.
     """
+    from ..xrf.spectra import rebin_spectrum
+
     target = store.xrf_energies()
     e = np.asarray(energies, dtype=np.float64)
     c = np.asarray(counts, dtype=np.float64)
@@ -673,44 +716,25 @@ def _spectrum_on_axis(energies: np.ndarray, counts: np.ndarray, store, what: str
         raise NightwatchError(f"{what} must be one spectrum with an energy per channel.")
     if not np.all(np.isfinite(c)) or (c < 0).any():
         raise NightwatchError(f"{what} has NaN or negative counts.")
-    order = np.argsort(e)
-    e, c = e[order], c[order]
     sumspec = store.xrf_sum_spectrum()
-    outside = (target < e[0]) | (target > e[-1])
+    outside = (target < e.min()) | (target > e.max())
     lost = float(sumspec[outside].sum() / max(sumspec.sum(), 1e-12))
     if lost > 0.05:
         raise NightwatchError(
-            f"{what} covers {e[0]:.2f}-{e[-1]:.2f} keV but {lost:.0%} of the cube's counts lie outside that range "
+            f"{what} covers {e.min():.2f}-{e.max():.2f} keV but {lost:.0%} of the cube's counts lie outside that range "
             f"(cube: {target[0]:.2f}-{target[-1]:.2f} keV); give a spectrum measured over the cube's energy range."
         )
-    de = np.gradient(e)
-    dens = np.interp(target, e, c / de, left=0.0, right=0.0)
-    return dens * np.gradient(target)
+    return rebin_spectrum(c, e, target)
 
 
 def _read_spectrum_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(energies keV, counts) of a spectrum file, through the XRF engine's readers."""
-    try:
-        from ..xrf import spectra as xs
+    """(energies keV, counts) of a spectrum file read by the XRF file readers."""
+    from ..io.xrf_files import read_spectrum
 
-        reader = getattr(xs, "read_spectrum_file", None) or getattr(xs, "load_spectrum", None)
-    except ImportError:
-        reader = None
-    if reader is None:
-        from ..io.xrf_files import read_spectrum as reader
-    res = reader(path)
-    if isinstance(res, tuple):
-        a, b = res[0], res[1]
-        if hasattr(a, "energies") and not hasattr(b, "energies"):  # (calibration, counts)
-            return a.energies(len(b)), np.asarray(b)
-        if hasattr(b, "energies"):  # (counts, calibration)
-            return b.energies(len(a)), np.asarray(a)
-        return np.asarray(a), np.asarray(b)
-    counts = np.asarray(res.counts)
-    energies = getattr(res, "energies", None)
-    if energies is None:
-        energies = res.calibration.energies(counts.size)
-    return np.asarray(energies() if callable(energies) else energies), counts
+    spec = read_spectrum(path)
+    if spec.calibration is None:
+        raise NightwatchError(f"Spectrum file {path} has no energy calibration, so it cannot be put on the cube's energy axis.")
+    return spec.energies(), np.asarray(spec.counts, dtype=np.float64)
 
 
 def query_input(
@@ -839,7 +863,10 @@ def predict_elements(
     Returns
     -------
     dict
-        ``head``, ``joint``, ``uncertainty``, ``spread`` (each ``(n, c)``).
+        Each ``(n, c)``: ``head`` (regression ensemble mean), ``joint`` (through
+        the joint space), ``neighbours`` (mean composition of the training tiles
+        that look the same), ``spread`` (their weighted standard deviation) and
+        ``uncertainty`` (ensemble and neighbour spread combined).
     """
     import torch
 
@@ -850,7 +877,7 @@ def predict_elements(
         )
     inv_t = 1.0 / max(bridge.temperature, 1e-3)
     be = bridge.bank_elements
-    out = {key: [] for key in ("head", "joint", "uncertainty", "spread")}
+    out = {key: [] for key in ("head", "joint", "neighbours", "uncertainty", "spread")}
     for s in range(0, len(vectors), chunk):
         v = np.asarray(vectors[s : s + chunk], np.float32)
         with torch.no_grad():
@@ -872,9 +899,34 @@ def predict_elements(
         spread = np.sqrt(np.einsum("nk,nkc->nc", w2, (nb - mean2[:, None]) ** 2))
         out["head"].append(head)
         out["joint"].append(joint)
+        out["neighbours"].append(mean2)
         out["spread"].append(spread)
         out["uncertainty"].append(np.sqrt(ens_sd**2 + spread**2))
     return {key: np.concatenate(v).astype(np.float32) for key, v in out.items()}
+
+
+def leave_block_out_r(
+    image_vectors: np.ndarray, elements: np.ndarray, blocks: np.ndarray, *, k: int = 16, inv_t: float = 20.0,
+    chunk: int = 2048,
+) -> list[float | None]:
+    """Per element: how well the photograph predicts it, without looking at its block.
+
+    Each training tile's composition is estimated from the training tiles that look
+    most alike *in other spatial blocks* (softmax-weighted), and compared with its
+    measurement (Pearson r).  Near 0 where the photograph carries no evidence of the
+    element (a hidden layer); None where the element does not vary.
+    """
+    n = len(image_vectors)
+    pred = np.zeros_like(elements, dtype=np.float64)
+    for s in range(0, n, chunk):
+        sims = image_vectors[s : s + chunk] @ image_vectors.T
+        sims[blocks[s : s + chunk, None] == blocks[None, :]] = -np.inf
+        idx, top = _topk_rows(sims, k)
+        w = np.exp((top - top.max(1, keepdims=True)) * inv_t)
+        w[~np.isfinite(top)] = 0
+        w /= np.maximum(w.sum(1, keepdims=True), 1e-12)
+        pred[s : s + chunk] = np.einsum("nk,nkc->nc", w, elements[idx])
+    return [pearson_r(pred[:, i], elements[:, i]) for i in range(elements.shape[1])]
 
 
 def pearson_r(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -980,15 +1032,29 @@ def predict_xrf_maps(
     pos = np.full(grid.n_tiles, -1, np.int64)
     pos[tiles] = np.arange(tiles.size)
 
-    # element-level evidence from the validation tiles (not the test tiles we report on)
     val_tiles = np.flatnonzero((split == VAL) & (pos >= 0))
     test_tiles = np.flatnonzero((split == TEST) & (pos >= 0))
-    typical = np.nanpercentile(measured[split == TRAIN], 95, axis=0) - np.nanpercentile(measured[split == TRAIN], 5, axis=0)
+    train_meas = measured[bridge.bank_tiles]
+    typical = np.nanpercentile(train_meas, 95, axis=0) - np.nanpercentile(train_meas, 5, axis=0)
     typical = np.maximum(typical, 1e-12)
-    val_r = [pearson_r(pred["head"][pos[val_tiles], i], measured[val_tiles, i]) for i in range(c)]
-    element_ok = np.array([r is not None and r >= MIN_ELEMENT_R for r in val_r])
+    # element-level evidence: leave-block-out predictability on the training tiles
+    bt = bridge.attrs["split"]["block_tiles"]
+    r_, c_ = grid.row_col(bridge.bank_tiles)
+    blocks = (r_ // bt) * (-(-grid.n_cols // bt)) + c_ // bt
+    cv_r = leave_block_out_r(bank_img, bridge.bank_elements, blocks, k=k, inv_t=1.0 / max(bridge.temperature, 1e-3))
+    element_ok = np.array([r is not None and r >= MIN_ELEMENT_R for r in cv_r])
     rel_spread = pred["spread"] / typical[None]
     no_evidence = (rel_spread > MAX_RELATIVE_SPREAD) | ~element_ok[None]
+
+    # the map written is, per element, the estimate that did best on the validation
+    # tiles (never the test tiles reported below)
+    methods = ("head", "joint", "neighbours")
+    val_r = {m: [pearson_r(pred[m][pos[val_tiles], i], measured[val_tiles, i]) for i in range(c)] for m in methods}
+    chosen = []
+    for i in range(c):
+        scores = [(val_r[m][i] if val_r[m][i] is not None else -np.inf) for m in methods]
+        chosen.append(methods[int(np.argmax(scores))] if np.isfinite(max(scores)) else "head")
+    pred["best"] = np.stack([pred[chosen[i]][:, i] for i in range(c)], 1) if c else pred["head"]
 
     validation: dict[str, Any] = {}
     rows_cols = grid.shape
@@ -997,15 +1063,18 @@ def predict_xrf_maps(
     held_map = held.reshape(rows_cols)
     for i, el in enumerate(names):
         m_map = measured[:, i].reshape(rows_cols)
-        entry: dict[str, Any] = {"val_r": val_r[i], "evidence": bool(element_ok[i])}
-        for method in ("head", "joint"):
+        entry: dict[str, Any] = {"method": chosen[i], "evidence": bool(element_ok[i]), "cv_r": cv_r[i]}
+        for method in ("best",) + methods:
             p_full = np.full(grid.n_tiles, np.nan, np.float32)
             p_full[tiles] = pred[method][:, i]
-            entry[f"r_{method}"] = pearson_r(p_full[test_tiles], measured[test_tiles, i])
-            entry[f"ssim_{method}"] = block_ssim(m_map, p_full.reshape(rows_cols), held_map, bridge.attrs["split"]["block_tiles"])
+            key = "" if method == "best" else f"_{method}"
+            entry[f"r{key}"] = pearson_r(p_full[test_tiles], measured[test_tiles, i])
+            entry[f"ssim{key}"] = block_ssim(m_map, p_full.reshape(rows_cols), held_map, bt)
+            if method != "best":
+                entry[f"val_r{key}"] = val_r[method][i]
         flagged = no_evidence[pos[test_tiles], i]
         entry["flagged_fraction"] = float(flagged.mean()) if flagged.size else None
-        entry["r_head_unflagged"] = pearson_r(pred["head"][pos[test_tiles][~flagged], i], measured[test_tiles[~flagged], i])
+        entry["r_unflagged"] = pearson_r(pred["best"][pos[test_tiles][~flagged], i], measured[test_tiles[~flagged], i])
         entry["n_test"] = int(test_tiles.size)
         validation[el] = entry
     report(progress, 2, 3, "predict-xrf")
@@ -1022,8 +1091,10 @@ def predict_xrf_maps(
         "grid": grid.to_attrs(),
         "map_transform": {"scale": list(scale), "translate": list(translate), "units": "level-0 mosaic pixels"},
         "validation": validation,
-        "no_evidence_rule": {"min_element_val_r": MIN_ELEMENT_R, "max_relative_spread": MAX_RELATIVE_SPREAD, "k": k},
-        "arrays": {"0": "head prediction", "joint": "joint-space prediction", "uncertainty": "one standard deviation",
+        "no_evidence_rule": {"min_element_cv_r": MIN_ELEMENT_R, "max_relative_spread": MAX_RELATIVE_SPREAD, "k": k},
+        "methods": dict(zip(names, chosen, strict=True)),
+        "arrays": {"0": "best estimate per element (see methods)", "head": "regression head",
+                   "joint": "joint-space prediction", "uncertainty": "one standard deviation",
                    "no_evidence": "1 = no evidence in the photograph", "measured": "paired measurement",
                    "split": "-1 unpaired, 0 train, 1 val, 2 test"},
     }
@@ -1038,7 +1109,8 @@ def predict_xrf_maps(
             g.create_array(key, shape=img.shape, dtype=dtype, chunks=(1,) + img.shape[1:],
                            dimension_names=("c", "y", "x"))[...] = img
 
-        put("0", pred["head"], np.float32, np.nan)
+        put("0", pred["best"], np.float32, np.nan)
+        put("head", pred["head"], np.float32, np.nan)
         put("joint", pred["joint"], np.float32, np.nan)
         put("uncertainty", pred["uncertainty"], np.float32, np.nan)
         put("no_evidence", no_evidence.astype(np.uint8), np.uint8, 1)

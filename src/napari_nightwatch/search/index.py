@@ -226,6 +226,17 @@ def choose_index(
 
 
 # ------------------------------------------------------------------------------- store access
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows rescaled to unit length (zero rows stay zero).
+
+    Stored float16 embeddings are unit only to ~1e-4; without this a near-duplicate
+    of a slightly longer norm could outscore a tile's match with itself.
+    """
+    rows = np.asarray(rows, dtype=np.float32)
+    n = np.linalg.norm(rows, axis=-1, keepdims=True)
+    return np.divide(rows, n, out=np.zeros_like(rows), where=n > 0)
+
+
 def _as_store(store: PaintingStore | str | Path, mode: str = "r") -> PaintingStore:
     if isinstance(store, PaintingStore):
         if mode == "r+":
@@ -315,15 +326,16 @@ class Embeddings:
         return np.flatnonzero(self.keep & self.done_tiles)
 
     def read(self, tiles: np.ndarray) -> np.ndarray:
-        """float32 ``(len(tiles), dim)`` rows for sorted tile indices, read chunk-wise."""
+        """float32 ``(len(tiles), dim)`` unit rows for sorted tile indices, read chunk-wise."""
         tiles = np.asarray(tiles, dtype=np.int64)
         if tiles.size == 0:
             return np.zeros((0, self.dim), np.float32)
         lo, hi = int(tiles.min()), int(tiles.max()) + 1
         if hi - lo <= 4 * tiles.size + _READ_ROWS:
-            block = np.asarray(self.vectors[lo:hi], dtype=np.float32)
-            return block[tiles - lo]
-        return np.asarray(self.vectors.get_orthogonal_selection((tiles, slice(None))), dtype=np.float32)
+            rows = np.asarray(self.vectors[lo:hi], dtype=np.float32)[tiles - lo]
+        else:
+            rows = np.asarray(self.vectors.get_orthogonal_selection((tiles, slice(None))), dtype=np.float32)
+        return unit_rows(rows)
 
     def grid(self):
         from ..core.tiling import TileGrid
@@ -428,7 +440,7 @@ class _RowStore:
         for ci in np.unique(c):
             sel = c == ci
             out[sel] = self.chunks[int(ci)][r[sel]]
-        return out
+        return unit_rows(out)
 
 
 class VectorIndex:
@@ -874,6 +886,6 @@ def index_from_vectors(vectors: np.ndarray, spec: IndexSpec, tile_ids: np.ndarra
         rerank = _RowStore([np.asarray(x, dtype=np.float16)], n, n)
     # added block by block so a float16 input is never copied whole to float32
     for i in range(0, n, _READ_ROWS):
-        index.add(np.ascontiguousarray(x[i : i + _READ_ROWS], dtype=np.float32))
+        index.add(unit_rows(x[i : i + _READ_ROWS]))
     ids = np.arange(n, dtype=np.int64) if tile_ids is None else np.asarray(tile_ids, dtype=np.int64)
     return VectorIndex(index, spec.kind, spec.params, ids, rerank)

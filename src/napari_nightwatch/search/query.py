@@ -33,6 +33,7 @@ from .index import (
     load_index,
     open_embeddings,
     resolve_grid_model,
+    unit_rows,
 )
 
 #: prompt templates for short texts (CLIP was trained on captions, not single words)
@@ -522,7 +523,7 @@ def similarity_map(
     scores = np.full(n, np.nan, np.float32)
     valid = emb.keep & emb.done_tiles
     for i in range(0, n, step):
-        block = np.asarray(emb.vectors[i : i + step], dtype=np.float32)
+        block = unit_rows(np.asarray(emb.vectors[i : i + step], dtype=np.float32))
         s = block @ q
         scores[i : i + step] = np.where(valid[i : i + step], s, np.nan)
         report(progress, min(n, i + step), n, "similarity")

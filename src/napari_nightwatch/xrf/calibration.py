@@ -18,7 +18,7 @@ from ..core.errors import NightwatchError
 from ..core.spectra import EnergyCalibration
 from .background import snip, snip_width_channels
 from .lines import LineFamily
-from .model import _MN_KA_KEV, Detector
+from .model import _MN_KA_KEV, RH_K_KEV, Detector, compton_energy_kev
 
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -94,7 +94,7 @@ def _fit_gaussian(ch: np.ndarray, net: np.ndarray, var: np.ndarray, c0: float, s
 
 
 def _blends(
-    fams: Sequence[LineFamily], det: Detector, areas: Sequence[float] | None = None, min_share: float = 0.12
+    fams: Sequence[LineFamily], det: Detector, areas: Sequence[float] | None = None, min_share: float = 0.08
 ) -> list[tuple[str, float, str]]:
     """(label, centroid keV, family) of each family's resolved line blends.
 
@@ -151,6 +151,7 @@ def refine_calibration(
     search_kev: float = 0.15,
     min_kev: float = 1.0,
     tol_kev: float = 0.015,
+    tube_kev: float | Sequence[float] | None = RH_K_KEV,
 ) -> CalibrationResult:
     """Refine offset and gain (and optionally a quadratic term) from known peaks.
 
@@ -175,6 +176,9 @@ def refine_calibration(
         How far from its expected position a peak is looked for.
     min_kev
         Peaks below this energy are not used (noise peak, window absorption).
+    tube_kev
+        Tube lines: blends near their Rayleigh or Compton peaks are not used (a
+        scatter peak's position depends on the geometry, not the calibration).
     tol_kev
         A peak further than this from the consensus calibration is treated as a wrong
         match (a blend with an unidentified neighbour) and left out.
@@ -197,7 +201,7 @@ def refine_calibration(
     for _ in range(3):  # re-locate the peaks with the improved calibration
         points = []
         for label, energy, _fam in _blends(families, det, areas):
-            if energy < min_kev or energy > e0[-1] - 0.2:
+            if energy < min_kev or energy > e0[-1] - 0.2 or _near_scatter(energy, tube_kev, det):
                 continue
             c_exp = float(cal.channel(energy))
             gain_here = float(np.interp(c_exp, ch_all[:-1], np.diff(cal.energies(n))))
@@ -235,6 +239,16 @@ def refine_calibration(
     mid = n // 2
     shift = (cal.energies(n)[mid] - e0[mid]) * 1000.0
     return CalibrationResult(cal, True, res_ev, float(np.sqrt(np.mean(vals**2))), float(np.abs(vals).max()), float(shift))
+
+
+def _near_scatter(energy: float, tube_kev, det: Detector) -> bool:
+    if tube_kev is None:
+        return False
+    for t in np.atleast_1d(np.asarray(tube_kev, dtype=np.float64)):
+        lo = float(compton_energy_kev(t, 180.0)) - 2 * float(det.fwhm_kev(t))
+        if lo <= energy <= t + 2 * float(det.fwhm_kev(t)):
+            return True
+    return False
 
 
 def _consensus(chs: np.ndarray, ens: np.ndarray, wts: np.ndarray, deg: int, tol: float) -> np.ndarray:

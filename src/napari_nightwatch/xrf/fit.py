@@ -151,6 +151,7 @@ def build_fit_model(
     min_kev: float | None = None,
     max_kev: float | None = None,
     tube_kev: float | Sequence[float] | None = RH_K_KEV,
+    pileup: bool = False,
 ) -> FitModel:
     """Build the shared linear model for fitting spectra on this energy axis.
 
@@ -177,6 +178,9 @@ def build_fit_model(
         just above the highest line or the tube's scatter peaks.
     tube_kev
         Tube line energies for the scatter terms; ``None`` for no scatter terms.
+    pileup
+        Add sum (pile-up) peaks of the three strongest families in the mean spectrum
+        as nuisance terms (count-rate effects of strong lines; needs ``mean_spectrum``).
 
     Returns
     -------
@@ -247,6 +251,18 @@ def build_fit_model(
         for i in range(basis.shape[1]):
             cols.append(basis[:, i] / basis[:, i].sum())
             term_names.append(f"background-{i}")
+    if pileup and mean is not None and mean.sum() > 0:
+        from .model import pileup_template
+
+        # strongest families in the mean spectrum, from a quick non-negative fit
+        trial = batched_nnls((np.stack(cols, 1).T @ np.stack(cols, 1)), (mean[lo:hi] @ np.stack(cols, 1))[None])[0]
+        top = [int(i) for i in np.argsort(-trial[: len(families)])[:3] if trial[i] > 0]
+        for i, ti in enumerate(top):
+            for tj in top[i:]:
+                t = pileup_template(families[ti], families[tj], e, det)[lo:hi]
+                if t.sum() > 0.3:
+                    cols.append(t / t.sum())
+                    term_names.append(f"pileup-{families[ti].name}+{families[tj].name}")
     design = np.stack(cols, axis=1)
     if mean is not None and mean.sum() > 0:
         # Poisson variance of the average pixel; a small floor keeps empty channels finite
@@ -438,8 +454,13 @@ def fit_spectra(spectra: np.ndarray, model: FitModel, *, max_iter: int | None = 
         valid = (y >= 0).all(axis=1)
     bg = None
     if model.background == "snip":
-        full = np.where(valid[:, None], np.nan_to_num(y_all, nan=0.0, posinf=0.0), 0.0)
-        bg = snip(full, width=model.snip_width)[:, model.lo : model.hi].astype(np.float32)
+        # SNIP only needs its window beyond the fit range, not the whole axis
+        w = model.snip_width
+        a, b = max(model.lo - 2 * w, 0), min(model.hi + 2 * w, y_all.shape[1])
+        part = np.asarray(y_all[:, a:b], dtype=np.float32)
+        if not valid.all():
+            part = np.where(valid[:, None], np.nan_to_num(part, nan=0.0, posinf=0.0), 0.0).astype(np.float32)
+        bg = snip(part, width=min(w, (b - a - 1) // 2))[:, model.lo - a : model.hi - a].astype(np.float32)
         target = y - bg
     else:
         target = y

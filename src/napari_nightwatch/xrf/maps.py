@@ -73,6 +73,8 @@ def fit_store(
     workers: int = 2,
     overwrite: bool = False,
     row_shift: str | float | None = None,
+    block: tuple[int, int] | None = None,
+    pileup: bool = False,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Fit element maps for the MA-XRF cube of a painting store and write ``xrf_maps/``.
@@ -100,6 +102,11 @@ def fit_store(
         ``"auto"`` (estimated from the total-counts image) or a shift in XRF pixels.
         Applied to the fitted maps (the fit is linear, so this equals correcting the
         cube first, at a fraction of the cost).
+    pileup
+        Fit sum (pile-up) peaks of the strongest families as nuisance terms.
+    block
+        Pixels ``(rows, cols)`` fitted and written at a time (default: the cube's
+        storage chunks); memory is a few blocks whatever the cube size.
     progress
         ``progress(done, total, stage)``; may raise Cancelled (finished chunks are kept).
 
@@ -157,7 +164,7 @@ def fit_store(
         energies = used.energies(ne)
     model = build_fit_model(
         energies, families, detector=det, mean_spectrum=sum_spec / n_valid, excitation_kev=excitation,
-        background=background,
+        background=background, pileup=pileup,
     )
     names = model.family_names
     signature = {
@@ -165,11 +172,15 @@ def fit_store(
         "calibration": used.to_dict(),
         "detector": model.describe()["detector"],
         "background": background,
+        "terms": list(model.term_names),
         "cube_shape": [ny, nx, ne],
         "xrf_source": info.get("source"),
     }
     zcube = store.root["xrf/cube"]
-    cy, cx = int(zcube.chunks[0]), int(zcube.chunks[1])
+    cy, cx = (int(zcube.chunks[0]), int(zcube.chunks[1])) if block is None else (int(block[0]), int(block[1]))
+    if cy < 1 or cx < 1:
+        raise NightwatchError(f"block={block} must be two positive numbers of pixels.")
+    signature["block"] = [cy, cx]
     gy, gx = math.ceil(ny / cy), math.ceil(nx / cx)
     group, done = _prepare_output(store, names, (ny, nx), (cy, cx), (gy, gx), signature, overwrite)
     todo = [(iy, ix) for iy in range(gy) for ix in range(gx) if not done[iy, ix]]

@@ -22,7 +22,6 @@ from ...core.errors import NightwatchError
 from .. import layers as L
 from .common import Panel, add_layer_data, spin
 from .plot import LinePlot
-from .xrf_widget import remove_store_layers
 
 _LOSS = re.compile(r"loss=([-+0-9.eE]+)")
 _VAL = re.compile(r"val_similarity@10=([-+0-9.eE]+)")
@@ -135,8 +134,8 @@ class BridgeWidget(Panel):
         self.register_button.clicked.connect(self.guarded(self.register))
         self.train_button.clicked.connect(self.guarded(self.train))
         self.predict_button.clicked.connect(self.guarded(self.predict))
-        self.uncertainty_check.toggled.connect(lambda on: self._toggle_kind("prediction_uncertainty", on))
-        self.evidence_check.toggled.connect(lambda on: self._toggle_kind("prediction_no_evidence", on))
+        self.uncertainty_check.toggled.connect(self.guarded(lambda: self._toggle_part("uncertainty")))
+        self.evidence_check.toggled.connect(self.guarded(lambda: self._toggle_part("no_evidence")))
         self.runner._progressed.connect(self._on_progress)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -279,17 +278,21 @@ class BridgeWidget(Panel):
         return self.start(job, self.show_prediction, "predict element maps")
 
     def show_prediction(self, result: dict) -> None:
+        """Add ``predicted <el>`` layers (replacing those of an earlier run) and the held-out figures."""
         store = self.open_store()
         name = result["name"]
         for layer in list(self.viewer.layers):
             if (layer.metadata or {}).get("prediction") == name:
                 self.viewer.layers.remove(layer)
-        sig = store.node_attrs(f"grids/{result['grid_id']}/embeddings/{store.node_attrs(f'predicted/{name}').get('image_model_id', '')}")
-        random = str(sig.get("signature", {}).get("pretrained", "")).lower() == "none"
-        suffix = " (random weights)" if random else ""
-        self.prediction_layers = [add_layer_data(self.viewer, ld) for ld in L.store_predicted_layers(store, name, suffix)]
-        self._toggle_kind("prediction_uncertainty", self.uncertainty_check.isChecked())
-        self._toggle_kind("prediction_no_evidence", self.evidence_check.isChecked())
+        model_id = store.node_attrs(f"predicted/{name}").get("image_model_id", "")
+        sig = store.node_attrs(f"grids/{result['grid_id']}/embeddings/{model_id}").get("signature", {})
+        self._suffix = " (random weights)" if str(sig.get("pretrained", "")).lower() == "none" else ""
+        self._prediction = name
+        self.prediction_layers = [add_layer_data(self.viewer, ld)
+                                  for ld in L.store_predicted_layers(store, name, self._suffix)]
+        for part, check in (("uncertainty", self.uncertainty_check), ("no_evidence", self.evidence_check)):
+            if check.isChecked():
+                self._toggle_part(part)
         self.last_prediction = result
         val = result.get("validation") or {}
         self.metrics_table.setRowCount(len(val))
@@ -298,10 +301,20 @@ class BridgeWidget(Panel):
             for c, text in enumerate(cells):
                 self.metrics_table.setItem(r, c, QTableWidgetItem(text))
 
-    def _toggle_kind(self, kind: str, on: bool) -> None:
-        for layer in self.prediction_layers:
-            if (layer.metadata or {}).get("nightwatch_kind") == kind and layer in self.viewer.layers:
-                layer.visible = on
+    def _toggle_part(self, part: str) -> None:
+        """Show or hide the uncertainty / no-evidence layers, building them on first use."""
+        kind = {"uncertainty": "prediction_uncertainty", "no_evidence": "prediction_no_evidence"}[part]
+        on = (self.uncertainty_check if part == "uncertainty" else self.evidence_check).isChecked()
+        if not getattr(self, "_prediction", None):
+            return
+        have = [ly for ly in self.prediction_layers if ly.metadata.get("nightwatch_kind") == kind and ly in self.viewer.layers]
+        if on and not have:
+            store = self.open_store()
+            have = [add_layer_data(self.viewer, ld)
+                    for ld in L.store_predicted_layers(store, self._prediction, self._suffix, parts=(part,))]
+            self.prediction_layers.extend(have)
+        for layer in have:
+            layer.visible = on
 
 
 def _fmt(v) -> str:
