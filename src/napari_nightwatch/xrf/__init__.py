@@ -1,16 +1,50 @@
 """The XRF spectral engine: line library, detector model, calibration, element
-identification, fast per-pixel fitting and element maps (numpy/dask only)."""
+identification, fast per-pixel fitting and element maps (numpy/dask only).
 
+Main entry points: :func:`line_families` / :func:`get_family` (lines),
+:func:`family_template` & co. (forward model), :func:`identify_elements`,
+:func:`refine_calibration`, :func:`build_fit_model` + :func:`fit_spectra` (fitting),
+:func:`fit_store` / :func:`load_element_maps` / :func:`export_tiffs` (maps in a
+painting store) and :func:`mean_spectrum` / :func:`spectrum_from_file` (query spectra).
+"""
+
+from .calibration import CalibrationResult, estimate_detector, refine_calibration
+from .fit import FitModel, SpectraFit, batched_nnls, build_fit_model, fit_cube, fit_spectra
+from .identify import Identification, identify_elements, present_families
 from .lines import LineFamily, get_family, line_families, parse_families
-from .model import Detector, continuum, family_template, scatter_templates
+from .maps import export_tiffs, family_colormap, fit_store, load_element_maps, load_uncertainty
+from .model import Detector, continuum, family_template, scatter_templates, simulate_spectra
+from .spectra import mean_spectrum, rebin_spectrum, spectrum_from_file, write_spectrum_csv
 
 __all__ = [
+    "CalibrationResult",
     "Detector",
+    "FitModel",
+    "Identification",
     "LineFamily",
+    "SpectraFit",
+    "batched_nnls",
+    "build_fit_model",
     "continuum",
+    "estimate_detector",
+    "export_tiffs",
+    "family_colormap",
     "family_template",
+    "fit_cube",
+    "fit_spectra",
+    "fit_store",
     "get_family",
+    "identify_elements",
     "line_families",
+    "load_element_maps",
+    "load_uncertainty",
+    "mean_spectrum",
     "parse_families",
+    "present_families",
+    "rebin_spectrum",
+    "refine_calibration",
     "scatter_templates",
+    "simulate_spectra",
+    "spectrum_from_file",
+    "write_spectrum_csv",
 ]
