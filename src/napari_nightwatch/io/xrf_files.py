@@ -144,9 +144,9 @@ def write_xrf_cube(
             # one dask graph writes the cube (each source chunk computed once); the
             # summaries are then read back from our own chunks
             store_dask(cube, arr, progress=progress, stage="xrf cube")
-            source, stage = arr, "xrf summaries"
+            blocks, stage = arr, "xrf summaries"
         else:
-            source, stage = cube, "xrf cube"
+            blocks, stage = cube, "xrf cube"
         report(progress, 0, total_steps, stage)
         done = 0
         for iy in range(gy):
@@ -154,8 +154,8 @@ def write_xrf_cube(
             row_total = np.empty((y1 - y0, nx), np.float64)
             for ix in range(gx):
                 x0, x1 = ix * cx, min((ix + 1) * cx, nx)
-                block = np.asarray(source[y0:y1, x0:x1, :])
-                if source is cube:
+                block = np.asarray(blocks[y0:y1, x0:x1, :])
+                if blocks is cube:
                     arr[y0:y1, x0:x1, :] = block
                 b64 = block.astype(np.float64, copy=False)
                 sum_spec += b64.sum(axis=(0, 1))

@@ -344,3 +344,75 @@ def _secondary_check(fam, e_fit, netr, w, a, x, j, lo, det, e_full) -> tuple[flo
     # equal multipliers; the expected secondary multiplier is m_area
     detectable = s_sigma > 0 and m_area / s_sigma > 4.0
     return float(s_area / m_area), bool(detectable)
+
+
+def identify_cube(
+    energies_kev: np.ndarray,
+    spectra: np.ndarray,
+    *,
+    sum_spectrum: np.ndarray | None = None,
+    max_spectrum: np.ndarray | None = None,
+    detector: Detector | None = None,
+    excitation_kev: float = 50.0,
+    n_split: int = 3,
+    tube_kev: float | Sequence[float] | None = RH_K_KEV,
+) -> list[Identification]:
+    """Identify families in a cube: sum and max spectra, then partial sums.
+
+    A weak family under a strong one (S-K under Pb-M near 2.3 keV) can be below the
+    noise of the whole sum spectrum and yet plain where the strong one is absent. After
+    the usual identification, the pixels are fitted with the families found, and for
+    each of the ``n_split`` strongest families the spectra of the pixels where it is
+    weakest (its lowest quarter) are summed and identified again; families found there
+    are added with that confidence.
+
+    Parameters
+    ----------
+    energies_kev
+        Channel energies (E,).
+    spectra
+        (n, E) pixel spectra (all pixels, or a sample of them for big cubes).
+    sum_spectrum, max_spectrum
+        Of the whole cube; default from ``spectra``.
+    detector, excitation_kev, tube_kev
+        As for :func:`identify_elements`.
+    n_split
+        How many strong families to split the pixels by.
+
+    Returns
+    -------
+    list of Identification
+        By decreasing confidence.
+    """
+    from .fit import build_fit_model, fit_spectra
+    from .lines import get_family
+
+    det = detector or Detector()
+    y = np.asarray(spectra, dtype=np.float32).reshape(-1, np.asarray(energies_kev).size)
+    with np.errstate(invalid="ignore"):
+        y = y[(y >= 0).all(axis=1)]
+    total = y.sum(axis=0, dtype=np.float64) if sum_spectrum is None else np.asarray(sum_spectrum, np.float64)
+    maxs = (y.max(axis=0) if y.shape[0] else None) if max_spectrum is None else max_spectrum
+    ids = identify_elements(energies_kev, total, max_spectrum=maxs, detector=det, excitation_kev=excitation_kev,
+                            tube_kev=tube_kev)
+    present = [r for r in ids if r.present]
+    if not present or y.shape[0] < 64 or n_split < 1:
+        return ids
+    fams = [get_family(r.name, excitation_kev) for r in present]
+    model = build_fit_model(energies_kev, fams, detector=det, mean_spectrum=y.mean(axis=0, dtype=np.float64),
+                            excitation_kev=excitation_kev, tube_kev=tube_kev)
+    areas = fit_spectra(y, model).areas
+    found = {r.name: r for r in ids}
+    for k in np.argsort(-np.nansum(areas, axis=0))[:n_split]:
+        weak = areas[:, k] <= np.nanpercentile(areas[:, k], 25)
+        part = y[weak].sum(axis=0, dtype=np.float64)
+        if weak.sum() < 16 or part.sum() <= 0:
+            continue
+        for r in identify_elements(energies_kev, part, detector=det, excitation_kev=excitation_kev, tube_kev=tube_kev):
+            old = found.get(r.name)
+            if r.present and (old is None or not old.present):
+                found[r.name] = Identification(
+                    r.name, r.confidence, r.area, r.significance, r.secondary_ratio, r.main_energy_kev,
+                    r.reason + f" (pixels with little {fams[k].name})",
+                )
+    return sorted(found.values(), key=lambda r: -r.confidence)

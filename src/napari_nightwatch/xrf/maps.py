@@ -31,7 +31,7 @@ from ..core.progress import ProgressCallback, StageTimer, report
 from ..core.spectra import EnergyCalibration
 from .calibration import CalibrationResult, estimate_detector, refine_calibration
 from .fit import build_fit_model, fit_block
-from .identify import identify_elements
+from .identify import identify_cube
 from .lines import get_family, parse_families
 from .model import Detector
 
@@ -141,7 +141,9 @@ def fit_store(
         det = detector or estimate_detector(energies, sum_spec)
         identification: list[dict] = []
         if isinstance(elements, str) and elements.strip().lower() == "auto":
-            ids = identify_elements(energies, sum_spec, max_spectrum=max_spec, detector=det, excitation_kev=excitation)
+            sample = _sample_spectra(store)
+            ids = identify_cube(energies, sample, sum_spectrum=sum_spec, max_spectrum=max_spec, detector=det,
+                                excitation_kev=excitation)
             identification = [r.to_dict() for r in ids if r.confidence > 0.05]
             present = [r for r in ids if r.present]
             if not present:
@@ -273,6 +275,30 @@ def fit_store(
         detector_fwhm_mn_ka_ev=det.fwhm_mn_ka_ev, background=background,
     )
     return summary
+
+
+def _sample_spectra(store, max_pixels: int = 16384, seed: int = 0) -> np.ndarray:
+    """Up to ``max_pixels`` pixel spectra (n, E): the whole cube if small, else random whole chunks.
+
+    Whole storage chunks are read (cheap), chosen at random so the sample spans the
+    painting; memory stays at ``max_pixels`` spectra.
+    """
+    z = store.root["xrf/cube"]
+    ny, nx, ne = (int(v) for v in z.shape)
+    if ny * nx <= max_pixels:
+        return np.asarray(z[...]).reshape(-1, ne)
+    cy, cx = int(z.chunks[0]), int(z.chunks[1])
+    blocks = [(iy, ix) for iy in range(0, ny, cy) for ix in range(0, nx, cx)]
+    rng = np.random.default_rng(seed)
+    rng.shuffle(blocks)
+    parts, n = [], 0
+    for y0, x0 in blocks:
+        b = np.asarray(z[y0 : y0 + cy, x0 : x0 + cx]).reshape(-1, ne)
+        parts.append(b[: max_pixels - n])
+        n += parts[-1].shape[0]
+        if n >= max_pixels:
+            break
+    return np.concatenate(parts)
 
 
 def _apply_row_shift(store, group, row_shift: str | float) -> float:
