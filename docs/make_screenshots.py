@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrained", default="none")
     ap.add_argument("--tile", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--cold", action="store_true", help="do not import torch/open_clip/faiss before the first job")
     args = ap.parse_args(argv)
 
     import napari
@@ -76,6 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     viewer = napari.Viewer(title="napari-nightwatch")
     viewer.window.resize(1600, 1000)
     avoid_llvm_clash()
+    if not args.cold:
+        # what a napari session holds after its first job: importing torch (a dlopen of
+        # hundreds of MB with the GIL held) would otherwise dominate the first job's gap
+        import faiss  # noqa: F401
+        import open_clip  # noqa: F401
+        import torch  # noqa: F401
+    from napari_nightwatch._napari._qt.jobs import EventLoopProbe
+
+    probe = EventLoopProbe()
+    probe.start()
+    settle(200)
+    figures["idle"] = {"max_gap_ms": round(probe.stop(), 1)}
+    print(f"idle GUI: largest event-loop gap {figures['idle']['max_gap_ms']} ms over 2 s", flush=True)
 
     def shot(name: str) -> None:
         settle()

@@ -115,8 +115,8 @@ def test_miniature_registration_by_control_points(tmp_path, capsys):
     import json
 
     out = json.loads(capsys.readouterr().out)
-    print(f"miniature control-point residual: RMS {out['residual_rms_px']:.1f} px, max {out['residual_max_px']:.1f} px "
-          f"(RMS {out['residual_rms_um']:.0f} um at an assumed {MINIATURE_PIXEL_UM} um/px)")
+    report = (f"miniature control-point residual: RMS {out['residual_rms_px']:.1f} px, max {out['residual_max_px']:.1f} px "
+              f"(RMS {out['residual_rms_um']:.0f} um at an assumed {MINIATURE_PIXEL_UM} um/px)")
     assert out["n_points"] == 6
     # by-eye picks on two modalities: a few photo pixels, not tens
     assert out["residual_rms_px"] < 15.0
@@ -146,7 +146,8 @@ def test_miniature_registration_by_control_points(tmp_path, capsys):
     # automatic refinement from the control-point fit improves the agreement further
     assert main(["register", str(path), "--points", str(csv), "--auto", "--refine-model", "similarity", "--json"]) == 0
     refined = json.loads(capsys.readouterr().out)
-    print(f"after --auto: RMS {refined['residual_rms_px']:.1f} px against the by-eye points, score "
-          f"{refined['score_before']:.3f} -> {refined['score']:.3f}")
+    with capsys.disabled():
+        print(f"\n{report}\nafter --auto: RMS {refined['residual_rms_px']:.1f} px against the by-eye points, score "
+              f"{refined['score_before']:.3f} -> {refined['score']:.3f}")
     assert refined["score"] >= refined["score_before"]
     assert agreement(PaintingStore.open(path).xrf_affine) >= registered - 0.01

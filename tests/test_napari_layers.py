@@ -194,7 +194,6 @@ def test_settings_round_trip(tmp_path, monkeypatch):
 
 def test_reader_opens_bruker_cube_directly(make_napari_viewer):
     from conftest import shared_file
-
     from napari_nightwatch.io.xrf_files import read_cube
 
     path = shared_file("bruker-rsciio/bcf_v2_50x50px.bcf")

@@ -57,6 +57,8 @@ def test_fit_store_round_trip_layout_and_accuracy(tmp_path, scene):
     assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["c", "y", "x"]
     labels = [c["label"] for c in ome["omero"]["channels"]]
     assert labels == summary["elements"]
+    assert all(len(c["color"]) == 6 and int(c["color"], 16) >= 0 for c in ome["omero"]["channels"])
+    assert g.attrs["nightwatch"]["colormaps"][labels.index("Pb-L")] == "gray"
     assert g["0"].shape == (len(labels), 24, 40) and g["0"].dtype == np.float32
     assert g["uncertainty"].shape == g["0"].shape and g["chi2"].shape == (24, 40)
     assert store.summary()["element_maps"] == labels
@@ -173,3 +175,6 @@ def test_cli_xrf_maps_and_spectrum(tmp_path, scene, capsys):
     assert main(["spectrum", str(store.path), "--region", "0,0,2,2"]) == 0
     assert main(["xrf-maps", str(store.path), "--elements", "Qq-K"]) == 2
     assert "Qq" in capsys.readouterr().err
+    assert main(["xrf-maps", str(store.path), "--elements", "Fe-K", "--energy-offset-kev", "0.01",
+                 "--energy-gain-kev", "-0.02"]) == 2
+    assert "gain" in capsys.readouterr().err

@@ -229,9 +229,17 @@ def _cmd_xrf_maps(args) -> dict:
     row_shift = args.row_shift
     if row_shift is not None and row_shift != "auto":
         row_shift = _floats(row_shift, 1, "--row-shift")[0]
+    calib = None
+    if args.energy_offset_kev is not None or args.energy_gain_kev is not None:
+        from .core.spectra import EnergyCalibration
+
+        if args.energy_offset_kev is None or args.energy_gain_kev is None:
+            raise NightwatchError("Give both --energy-offset-kev and --energy-gain-kev, or neither.")
+        calib = EnergyCalibration(args.energy_offset_kev, args.energy_gain_kev)
     cb, close = _progress(args)
     try:
         result = fit_store(store, args.elements, background=args.background, refine=not args.no_refine,
+                           calibration=calib,
                            row_shift=row_shift, overwrite=args.overwrite, pileup=args.pileup, progress=cb)
     finally:
         close()
@@ -400,6 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--row-shift", default=None, help="'auto' or pixels: correct bidirectional-scan row shift")
     sp.add_argument("--overwrite", action="store_true", help="refit instead of resuming an interrupted run")
     sp.add_argument("--pileup", action="store_true", help="also fit sum peaks of the strongest lines")
+    sp.add_argument("--energy-offset-kev", type=float, default=None, help="calibration to use instead of the store's")
+    sp.add_argument("--energy-gain-kev", type=float, default=None)
 
     sp = add("spectrum", _cmd_spectrum, "mean XRF spectrum of a pixel or rectangle of a painting store")
     sp.add_argument("store", type=Path)

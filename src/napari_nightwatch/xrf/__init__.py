@@ -12,7 +12,14 @@ from .calibration import CalibrationResult, estimate_detector, refine_calibratio
 from .fit import FitModel, SpectraFit, batched_nnls, build_fit_model, fit_cube, fit_spectra
 from .identify import Identification, identify_elements, present_families
 from .lines import LineFamily, get_family, line_families, parse_families
-from .maps import export_tiffs, family_colormap, fit_store, load_element_maps, load_uncertainty
+from .maps import (
+    export_tiffs,
+    family_color_hex,
+    family_colormap,
+    fit_store,
+    load_element_maps,
+    load_uncertainty,
+)
 from .model import Detector, continuum, family_template, scatter_templates, simulate_spectra
 from .spectra import mean_spectrum, rebin_spectrum, spectrum_from_file, write_spectrum_csv
 
@@ -28,6 +35,7 @@ __all__ = [
     "continuum",
     "estimate_detector",
     "export_tiffs",
+    "family_color_hex",
     "family_colormap",
     "family_template",
     "fit_cube",

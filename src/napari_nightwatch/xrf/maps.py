@@ -37,19 +37,27 @@ from .model import Detector
 
 MAPS_PART = "xrf_maps"
 
-#: display colours of common families (napari colormap names); others cycle
-_COLORS = {
-    "Pb": "gray", "Hg": "red", "Fe": "yellow", "Cu": "green", "Ca": "cyan", "As": "magenta",
-    "Zn": "blue", "Ti": "bop blue", "Ba": "bop orange", "K": "bop purple", "Sn": "twilight",
-    "Mn": "magma", "Co": "blue", "S": "yellow", "Cr": "green", "Sb": "orange",
+#: display colours of common families: napari colormap name and the NGFF (omero) hex colour
+_COLORMAPS = {
+    "red": "FF0000", "green": "00FF00", "blue": "0000FF", "cyan": "00FFFF", "magenta": "FF00FF",
+    "yellow": "FFFF00", "gray": "FFFFFF", "bop orange": "FF8000", "bop purple": "B000FF", "bop blue": "0080FF",
 }
-_CYCLE = ["red", "green", "blue", "magenta", "cyan", "yellow", "orange", "bop purple"]
+_BY_ELEMENT = {
+    "Pb": "gray", "Hg": "red", "Fe": "yellow", "Cu": "green", "Ca": "cyan", "As": "magenta", "Zn": "blue",
+    "Ti": "bop blue", "Ba": "bop orange", "K": "bop purple", "Mn": "magenta", "Co": "blue", "S": "yellow",
+    "Cr": "green", "Sb": "bop orange", "Sn": "gray",
+}
+_CYCLE = ["red", "green", "blue", "magenta", "cyan", "yellow", "bop orange", "bop purple"]
 
 
 def family_colormap(name: str, index: int = 0) -> str:
     """A napari colormap name for an element family (``"Pb-L"`` -> ``"gray"``)."""
-    el = name.split("-")[0]
-    return _COLORS.get(el, _CYCLE[index % len(_CYCLE)])
+    return _BY_ELEMENT.get(name.split("-")[0], _CYCLE[index % len(_CYCLE)])
+
+
+def family_color_hex(name: str, index: int = 0) -> str:
+    """The same colour as an NGFF/omero hex string (``"FFFFFF"``)."""
+    return _COLORMAPS[family_colormap(name, index)]
 
 
 def _cube_sum(cube) -> tuple[np.ndarray, int]:
@@ -69,6 +77,7 @@ def fit_store(
     *,
     detector: Detector | None = None,
     background: str = "basis",
+    calibration: EnergyCalibration | None = None,
     refine: bool = True,
     workers: int = 2,
     overwrite: bool = False,
@@ -90,6 +99,9 @@ def fit_store(
         Peak model; default: measured from the sum spectrum.
     background
         ``"basis"`` (fitted smooth background terms) or ``"snip"`` (per-pixel SNIP).
+    calibration
+        Energy calibration to use instead of the store's (e.g. given by the user);
+        refined from it when ``refine``.
     refine
         Refine the energy calibration from the sum spectrum (the store's own
         calibration is not changed; the one used is recorded with the maps).
@@ -105,8 +117,9 @@ def fit_store(
     pileup
         Fit sum (pile-up) peaks of the strongest families as nuisance terms.
     block
-        Pixels ``(rows, cols)`` fitted and written at a time (default: the cube's
-        storage chunks); memory is a few blocks whatever the cube size.
+        Pixels ``(rows, cols)`` fitted and written at a time (default: whole storage
+        chunks of the cube, about 8 M values); memory is a few blocks whatever the
+        cube size.
     progress
         ``progress(done, total, stage)``; may raise Cancelled (finished chunks are kept).
 
@@ -122,7 +135,7 @@ def fit_store(
     info = store.xrf_info
     cube = store.xrf_cube()
     ny, nx, ne = (int(v) for v in cube.shape)
-    calib: EnergyCalibration = store.xrf_calibration
+    calib: EnergyCalibration = store.xrf_calibration if calibration is None else calibration
     excitation = float(info.get("excitation_kev") or 50.0)
     with timer.stage("summaries"):
         sum_spec = store.xrf_sum_spectrum() if store.has("xrf/sum_spectrum") else None
@@ -179,7 +192,14 @@ def fit_store(
         "xrf_source": info.get("source"),
     }
     zcube = store.root["xrf/cube"]
-    cy, cx = (int(zcube.chunks[0]), int(zcube.chunks[1])) if block is None else (int(block[0]), int(block[1]))
+    if block is None:
+        # whole storage chunks, grouped up to ~8 M values per block: few, larger map chunks
+        # and less per-block overhead, while memory stays a few tens of MB per worker
+        zy, zx = int(zcube.chunks[0]), int(zcube.chunks[1])
+        m = max(1, int(math.sqrt(8e6 / (zy * zx * ne))))
+        cy, cx = min(zy * m, ny), min(zx * m, nx)
+    else:
+        cy, cx = int(block[0]), int(block[1])
     if cy < 1 or cx < 1:
         raise NightwatchError(f"block={block} must be two positive numbers of pixels.")
     signature["block"] = [cy, cx]
@@ -247,7 +267,7 @@ def fit_store(
     px = float(info.get("pixel_size_um") or 1.0)
     write_image_metadata(
         group, "cyx", [[1.0, px, px]], name="element maps", channel_names=names,
-        channel_colors=[family_colormap(n, i) for i, n in enumerate(names)], contrast_limits=limits,
+        channel_colors=[family_color_hex(n, i) for i, n in enumerate(names)], contrast_limits=limits,
     )
     n_fitted = counter["pixels"]
     elapsed = time.perf_counter() - t_start
@@ -269,7 +289,10 @@ def fit_store(
         "timings": timer.as_dict(),
         "identification": identification,
     }
-    group.attrs["nightwatch"] = {**summary, "signature": signature, "model": model.describe()}
+    group.attrs["nightwatch"] = {
+        **summary, "signature": signature, "model": model.describe(),
+        "colormaps": [family_colormap(n, i) for i, n in enumerate(names)],
+    }
     store.mark_complete(
         MAPS_PART, xrf_source=info.get("source"), elements=names, calibration=used.to_dict(),
         detector_fwhm_mn_ka_ev=det.fwhm_mn_ka_ev, background=background,

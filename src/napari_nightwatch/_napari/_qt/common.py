@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,24 @@ from qtpy.QtWidgets import (
 from ...core.errors import NightwatchError
 from ..settings import load_settings, save_settings
 from .jobs import JobRunner, notify_error
+
+_ENGINES: dict[tuple[str, str, str], Any] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def clip_engine(model: str, pretrained: str, device: str = "auto"):
+    """A CLIP engine shared by the panels of this napari session (built once, in a worker thread).
+
+    Building ViT-B-32 takes seconds and hundreds of MB; the Embed and Search panels
+    ask for the same one, so it is kept per (model, pretrained, device).
+    """
+    from ...ml.clip import load_clip
+
+    key = (str(model), str(pretrained), str(device))
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = load_clip(model, pretrained, device=device)
+        return _ENGINES[key]
 
 
 def add_layer_data(viewer, layer_data: tuple) -> Any:

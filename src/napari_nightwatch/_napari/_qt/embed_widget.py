@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from qtpy.QtWidgets import QCheckBox, QComboBox, QLabel, QPushButton
 
 from ...core.errors import NightwatchError
-from .common import Panel, PathEdit, spin
+from .common import Panel, PathEdit, clip_engine, spin
 
 MODEL_CHOICES = ("ViT-B-32", "ViT-B-16", "ViT-L-14", "nightwatch-tiny")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
@@ -48,20 +46,14 @@ class EmbedWidget(Panel):
         self.layout_.addStretch(1)
         self.remember("store", self.store_edit)
         self.run_button.clicked.connect(self.guarded(self.run))
-        self._engines: dict[tuple, Any] = {}
         self.last_result: dict | None = None
         #: tiles per resumable chunk (None: the library's default); for scripts and tests
         self.chunk_tiles: int | None = None
         self.restore()
 
     def engine(self, model: str, pretrained: str, device: str):
-        """Load (once per panel) the CLIP engine; called from the worker thread."""
-        from ...ml.clip import load_clip
-
-        key = (model, pretrained, device)
-        if key not in self._engines:
-            self._engines[key] = load_clip(model, pretrained, device=device)
-        return self._engines[key]
+        """The CLIP engine (built once per session); called from the worker thread."""
+        return clip_engine(model, pretrained, device)
 
     def run(self):
         """Embed the store's tiles (resuming finished chunks), then build the index."""

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import NightwatchError
 from .. import layers as L
-from .common import Panel, PathEdit, add_layer_data, spin
+from .common import Panel, PathEdit, add_layer_data, clip_engine, spin
 
 SOURCES = (
     "text",
@@ -196,7 +196,6 @@ class SearchWidget(Panel):
         self.viewer.layers.events.inserted.connect(self._refresh_shapes)
         self.viewer.layers.events.removed.connect(self._refresh_shapes)
         self.store_edit.edit.editingFinished.connect(self.guarded(self.refresh_embeddings))
-        self._engines: dict[tuple, Any] = {}
         self._indexes: dict = {}
         self.hits: list[dict] = []
         self.last_result: SearchResult | None = None
@@ -311,12 +310,7 @@ class SearchWidget(Panel):
 
     # ------------------------------------------------------------------ running
     def engine_for(self, store, model_id: str):
-        """The CLIP engine the embeddings were made with (loaded once; worker thread)."""
-        from ...ml.clip import load_clip
-
-        key = (str(store.path), model_id)
-        if key in self._engines:
-            return self._engines[key]
+        """The CLIP engine the embeddings were made with (shared by the panels; worker thread)."""
         for gid, _ in store.root["grids"].groups():
             path = f"grids/{gid}/embeddings/{model_id}"
             sig = store.node_attrs(path).get("signature", {}) if store.has(path) else {}
@@ -326,8 +320,8 @@ class SearchWidget(Panel):
                     raise NightwatchError(
                         f"The embeddings {model_id} were made from a local checkpoint; text and image queries need "
                         "that checkpoint loaded, which this panel cannot find from the store alone.")
-                self._engines[key] = load_clip(sig["model"], pretrained)
-                return self._engines[key]
+                # "auto" as in the Embed panel: the same engine object is reused when it exists
+                return clip_engine(sig["model"], pretrained, "auto")
         raise NightwatchError(f"{store.path} has no embeddings for model {model_id}.")
 
     def search(self):
