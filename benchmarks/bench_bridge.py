@@ -44,7 +44,11 @@ def retrieval_precision(store, bridge, gt, grid_tiles, vectors, labels, rng) -> 
     for mode in ("pixel", "region"):
         precs = []
         for p in np.unique(sl):
-            yy, xx = np.nonzero((sl == p) & (sp >= 0.99))
+            # query pixels whose whole 3x3 neighbourhood is this pigment, so a region query asks for it alone
+            pure = (sl == p) & (sp >= 0.9)
+            core = np.zeros_like(pure)
+            core[1:-1, 1:-1] = np.all([pure[1 + dy : ny - 1 + dy, 1 + dx : nx - 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
+            yy, xx = np.nonzero(core & (sp >= 0.99))
             ok = (yy > 0) & (xx > 0) & (yy < ny - 2) & (xx < nx - 2)
             yy, xx = yy[ok], xx[ok]
             if len(yy) < 3:
@@ -81,7 +85,12 @@ def hidden_lead(store, name, gt) -> dict[str, float]:
 def run(engine, base: Path, work: Path, tile: int, gt) -> dict:
     from napari_nightwatch.core.geometry import apply_affine
     from napari_nightwatch.ml.embed import embed_store, make_grid
-    from napari_nightwatch.ml.xrf_bridge import load_xrf_bridge, open_tile_embeddings, predict_xrf_maps, train_xrf_bridge
+    from napari_nightwatch.ml.xrf_bridge import (
+        load_xrf_bridge,
+        open_tile_embeddings,
+        predict_xrf_maps,
+        train_xrf_bridge,
+    )
     from napari_nightwatch.project import PaintingStore
 
     path = work / f"{engine.model_id}.nightwatch.zarr"
@@ -127,7 +136,6 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from _bridge_support import ColourTextureEngine
-
     from napari_nightwatch.synth import load_ground_truth, synthesize_painting
     from napari_nightwatch.xrf.maps import fit_store
     from napari_nightwatch.xrf.registration import register_store

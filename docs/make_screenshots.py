@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+UM = ("micrometer", "micrometer")
 
 
 def wait(panel, timeout_s: float = 1800.0) -> None:
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
 
     from napari_nightwatch._napari._compat import avoid_llvm_clash
+    from napari_nightwatch._napari._qt.common import show_scale_bar
     from napari_nightwatch._napari.sample_data import synthetic_store_path
     from napari_nightwatch.core.geometry import apply_affine
     from napari_nightwatch.project import PaintingStore
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="nightwatch-docs-"))
+    os.environ["NAPARI_NIGHTWATCH_CONFIG_DIR"] = str(work / "config")  # leave the user's panel settings alone
     store_path = work / "demo.nightwatch.zarr"
     shutil.copytree(synthetic_store_path(args.size), store_path)
     gt = load_ground_truth(PaintingStore.open(store_path))
@@ -112,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     project.store_edit.setText(str(store_path))
     project.open_button.click()
     wait(project)
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
+    show_scale_bar(viewer)
     shot("01-project.png")
 
     # 2. XRF: element maps, spectrum of one pixel with the element lines
@@ -123,12 +126,22 @@ def main(argv: list[str] | None = None) -> int:
     wait(xrf)
     record("element maps", xrf)
     for layer in viewer.layers:
-        if layer.metadata.get("nightwatch_kind") == "element_map":
-            layer.visible = layer.metadata.get("element") in ("Hg-L", "Cu-K", "Pb-L")
+        kind = layer.metadata.get("nightwatch_kind")
+        if kind == "element_map":
+            layer.visible = layer.metadata.get("element") in ("Hg-L", "Cu-K", "Co-K", "Fe-K")
+        elif kind in ("mosaic", "xrf_total"):
+            layer.visible = False  # the false-colour composite of the maps alone
     xrf_layer = next(ly for ly in viewer.layers if ly.metadata.get("nightwatch_kind") == "xrf_total")
-    xrf_layer.visible = False
-    xrf.pixel_spectrum_at(xrf_layer.data_to_world((40, 70)))
+    corners = [xrf_layer.data_to_world(p) for p in [(35.5, 60.5), (35.5, 75.5), (45.5, 75.5), (45.5, 60.5)]]
+    viewer.add_shapes([corners], shape_type="rectangle", name="XRF region", edge_color="white",
+                      face_color="transparent", edge_width=10, units=UM)
+    xrf.shapes_combo.setCurrentText("XRF region")
+    xrf.region_button.click()
     shot("02-xrf.png")
+    viewer.layers.remove("XRF region")
+    for layer in viewer.layers:
+        if layer.metadata.get("nightwatch_kind") == "mosaic":
+            layer.visible = True
 
     # 3. Embed the tiles (cancel and resume work the same way)
     embed = dock("Embed tiles")
@@ -164,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     bridge = dock("Bridge")
     xrf_px = np.array([[5.0, 6.0], [120.0, 8.0], [118.0, 121.0], [9.0, 117.0], [64.0, 64.0]])
     xrf_px = xrf_px * (np.array(PaintingStore.open(store_path).xrf_shape) / 128.0)
-    viewer.add_points([xrf_layer.data_to_world(p) for p in xrf_px], name="XRF control points", face_color="cyan")
+    viewer.add_points([xrf_layer.data_to_world(p) for p in xrf_px], name="XRF control points", face_color="cyan",
+                      size=40, units=UM)
     viewer.add_points(apply_affine(gt.true_affine, xrf_px) * PaintingStore.open(store_path).mosaic_pixel_size_um,
-                      name="mosaic control points", face_color="yellow")
+                      name="mosaic control points", face_color="yellow", size=40, units=UM)
     bridge.xrf_points_combo.setCurrentText("XRF control points")
     bridge.mosaic_points_combo.setCurrentText("mosaic control points")
     bridge.register_button.click()
@@ -186,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             layer.visible = False
         if kind in ("element_map", "predicted_map"):
             layer.visible = layer.metadata.get("element") == "Hg-L"
+        if kind in ("mosaic", "xrf_total") or layer.name.endswith("control points"):
+            layer.visible = False  # measured Hg-L (left) and predicted Hg-L (right) alone
     pred = next(ly for ly in viewer.layers if ly.metadata.get("nightwatch_kind") == "predicted_map"
                 and ly.metadata.get("element") == "Hg-L")
     pred.translate = (pred.translate[0], pred.translate[1] + args.size * 5.0 * 1.05)  # side by side

@@ -6,11 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import shared_file
 from napari_nightwatch.core.errors import NightwatchError
 from napari_nightwatch.core.geometry import apply_affine
 from napari_nightwatch.xrf.registration import fit_control_points, read_control_points, register_store
-
-from conftest import shared_file
 
 
 def _corner_error_xrf_px(a: np.ndarray, b: np.ndarray, shape: tuple[int, int], xrf_px: float) -> float:

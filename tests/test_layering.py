@@ -18,7 +18,7 @@ for pkg in ("core", "io", "xrf", "ml", "search"):
     for info in pkgutil.walk_packages(mod.__path__, mod.__name__ + "."):
         importlib.import_module(info.name)
         names.append(info.name)
-for extra in ("napari_nightwatch.project", "napari_nightwatch.cli", "napari_nightwatch.synth"):
+for extra in ("napari_nightwatch.project", "napari_nightwatch.cli", "napari_nightwatch.synth", "napari_nightwatch.demo"):
     try:
         importlib.import_module(extra)
         names.append(extra)

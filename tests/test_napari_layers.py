@@ -219,3 +219,26 @@ def test_sample_data_builds_once_and_opens(make_napari_viewer, tmp_path, monkeyp
     assert path.parent == tmp_path / "cache" and not list(path.parent.glob(".building-*"))
     stamp = (path / "zarr.json").stat().st_mtime_ns
     assert sample_data.synthetic_store_path(256) == path and (path / "zarr.json").stat().st_mtime_ns == stamp
+
+
+def test_writers_through_napari(make_napari_viewer, tmp_path):
+    """File > Save Selected Layers reaches our writers for hits and element maps."""
+    import napari
+
+    from napari_nightwatch._napari._qt.common import add_layer_data
+    from napari_nightwatch._napari.layers import hit_layers, predicted_map_layers
+
+    viewer = make_napari_viewer()
+    grid = TileGrid((256, 256), level=0, tile=32, stride=32)
+    pts = add_layer_data(viewer, hit_layers(grid.boxes([9, 0]), [0.7, 0.2], "smalt", PX_UM, tiles=[9, 0])[0])
+    (out,) = napari.save_layers(str(tmp_path / "hits.csv"), [pts], plugin="napari-nightwatch")
+    rows = list(csv.DictReader(open(out)))
+    assert rows[0]["tile"] == "9" and float(rows[0]["y0"]) == 32.0 and rows[0]["query"] == "smalt"
+    maps = np.arange(2 * 64, dtype=np.float32).reshape(2, 8, 8)
+    pb = add_layer_data(viewer, predicted_map_layers(maps, ["Pb-L", "Hg-L"], grid, PX_UM)[0])
+    written = napari.save_layers(str(tmp_path / "pb.tif"), [pb], plugin="napari-nightwatch")
+    import tifffile
+
+    np.testing.assert_array_equal(tifffile.imread(written[0]), maps[0])
+    side = json.loads((tmp_path / "pb.tif.json").read_text())
+    assert side["scale_um"] == [160.0, 160.0] and side["translate_um"] == [77.5, 77.5]

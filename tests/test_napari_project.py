@@ -46,6 +46,23 @@ def test_project_create_import_open(make_napari_viewer, qtbot, tmp_path):
     np.testing.assert_array_equal(np.asarray(layer.data[0] if layer.multiscale else layer.data), rgb)
     assert w.last_summary["mosaic"]["shape"][:2] == [300, 280]
 
+    # an MA-XRF cube from a numpy file, with its calibration and pixel size given in the panel
+    cube = np.random.default_rng(1).poisson(2.0, (30, 28, 64)).astype(np.uint16)
+    np.save(tmp_path / "cube.npy", cube)
+    w.xrf_edit.setText(str(tmp_path / "cube.npy"))
+    w.xrf_pixel.setValue(25.0)
+    w.xrf_offset.setValue(0.0)
+    w.xrf_gain.setValue(0.04)
+    w.xrf_button.click()
+    wait_job(qtbot, w.runner)
+    assert w.runner.last_message == ""
+    xrf = viewer.layers[-1]
+    np.testing.assert_allclose(xrf.data, cube.sum(axis=-1))
+    np.testing.assert_allclose(xrf.scale, [25.0, 25.0])
+    # identity in micrometres: the XRF pixel footprint [0, 25) um starts where the mosaic's does
+    np.testing.assert_allclose(np.asarray(xrf.data_to_world((0, 0))) - 12.5, np.asarray(layer.data_to_world((0, 0))) - 1.25)
+    assert w.last_summary["xrf"]["shape"] == [30, 28, 64]
+
     # the panel remembers its settings
     w2 = ProjectWidget(viewer)
     qtbot.addWidget(w2)

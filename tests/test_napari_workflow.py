@@ -61,7 +61,9 @@ def prepared(synthetic_store_factory, tmp_path_factory):
     grid = make_grid(store, tile=32, stride=32)
     embed_store(store, engine, grid, batch_size=64)
     build_index(store, grid.grid_id, engine.model_id)
-    embed_store(store, engine, make_grid(store, tile=16, stride=16, mask="none"), batch_size=64)
+    grid16 = make_grid(store, tile=16, stride=16, mask="none")
+    embed_store(store, engine, grid16, batch_size=64)
+    build_index(store, grid16.grid_id, engine.model_id)
     return path, gt
 
 
@@ -164,6 +166,19 @@ def test_exemplar_rectangle_and_current_view(panel, qtbot):
     assert pts.features["tile"][0] == 3 * 8 + 4
     assert pts.features["score"][0] == pytest.approx(1.0, abs=2e-3)
     assert pts.name.startswith("hits: exemplar 96,128-128,160")
+    # an image file holding exactly the pixels of tile (5, 2) finds that tile first
+    from PIL import Image
+
+    from napari_nightwatch.project import PaintingStore
+
+    mosaic = np.asarray(PaintingStore.open(w.store_path()).mosaic_levels()[0][160:192, 64:96].compute())
+    Image.fromarray(mosaic).save(w.store_path().parent / "detail.png")
+    w.source_combo.setCurrentText("image file")
+    w.image_edit.setText(str(w.store_path().parent / "detail.png"))
+    run(qtbot, w)
+    pts = viewer.layers[-2]
+    assert pts.name == "hits: image detail.png (random weights)"
+    assert pts.features["tile"][0] == 5 * 8 + 2 and pts.features["score"][0] == pytest.approx(1.0, abs=5e-3)
     # the current view as exemplar
     viewer.camera.center = (128 * PX_UM, 128 * PX_UM)
     viewer.camera.zoom = 1.0
@@ -271,6 +286,20 @@ def test_bridge_register_train_predict(viewer_store, qtbot):
     assert "heldout" in pred.metadata and set(pred.metadata["heldout"]) >= {"r", "ssim"}
     assert w.metrics_table.rowCount() == len(gt_fams)
     assert not [ly for ly in viewer.layers if ly.name.startswith("uncertainty ")]
+    # the trained encoder opens the third door: search from a clicked XRF pixel
+    from napari_nightwatch._napari._qt.search_widget import SearchWidget
+
+    s = SearchWidget(viewer)
+    qtbot.addWidget(s)
+    s.refresh_embeddings()
+    s.embeddings_combo.setCurrentText(BRIDGE)
+    s.pick_xrf_pixel(xrf_layer.data_to_world((10, 12)))
+    assert (s.xrf_y.value(), s.xrf_x.value()) == (10, 12) and s.source_combo.currentText() == "XRF pixel"
+    s.k_spin.setValue(5)
+    s.search_button.click()
+    qtbot.waitUntil(lambda: not s.runner.running, timeout=60_000)
+    assert s.runner.last_message == ""
+    assert viewer.layers[-2].name == "hits: XRF pixel 10,12 (random weights)" and len(viewer.layers[-2].data) == 5
     w.uncertainty_check.setChecked(True)
     unc = [ly for ly in viewer.layers if ly.metadata.get("nightwatch_kind") == "prediction_uncertainty"]
     assert len(unc) == len(gt_fams) and all(ly.visible for ly in unc)
@@ -280,3 +309,33 @@ def test_bridge_register_train_predict(viewer_store, qtbot):
     w.evidence_check.setChecked(True)
     ne = [ly for ly in viewer.layers if ly.metadata.get("nightwatch_kind") == "prediction_no_evidence"]
     assert len(ne) == len(gt_fams) and all(ly.visible for ly in ne)
+
+
+def test_demo_viewer_shows_every_result(make_napari_viewer, store_copy, qtbot):
+    """What `make demo` shows: painting, element maps, a search with its table, predictions, panels."""
+    from napari_nightwatch._napari.demo_viewer import add_demo_layers
+    from napari_nightwatch.ml.clip import load_clip
+    from napari_nightwatch.ml.xrf_bridge import predict_xrf_maps, train_xrf_bridge
+    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.search.query import hits_to_json, search, similarity_map, text_vector
+
+    path, _ = store_copy
+    store = PaintingStore.open(path, mode="r+")
+    engine = load_clip("nightwatch-tiny", "none", device="cpu")
+    vec = text_vector(engine, "blue pigment particles")
+    hits = search(store, vec, grid_id="L0-t32-s32", model_id=engine.model_id, k=4)
+    sim, _, _ = similarity_map(store, vec, grid_id="L0-t32-s32", model_id=engine.model_id)
+    train = train_xrf_bridge(store, grid_id="L0-t16-s16", image_model_id=engine.model_id, epochs=2)
+    pred = predict_xrf_maps(store, encoder_id=train["encoder_id"])
+    result = {"store": str(path), "random_weights": True, "suffix": " (random weights)", "grid_id": "L0-t32-s32",
+              "query": "blue pigment particles", "hits": hits_to_json(hits), "similarity": sim.tolist(),
+              "predicted": pred["name"]}
+    viewer = make_napari_viewer()
+    panels = add_demo_layers(viewer, result)
+    names = [ly.name for ly in viewer.layers]
+    assert "hits: blue pigment particles (random weights)" in names
+    assert "similarity: blue pigment particles (random weights)" in names
+    assert "predicted Hg-L (random weights)" in names and "Hg-L" in names
+    assert panels["Search"].table.rowCount() == 4
+    np.testing.assert_allclose(viewer.layers["hits: blue pigment particles (random weights)"].data[0],
+                               (np.array(hits[0].box[:2]) + 16 - 0.5) * PX_UM)

@@ -21,7 +21,7 @@ def add_demo_layers(viewer, result: dict[str, Any]) -> dict[str, Any]:
     from ..project import PaintingStore
     from . import layers as L
     from ._compat import avoid_llvm_clash
-    from ._qt.common import add_layer_data
+    from ._qt.common import add_layer_data, show_scale_bar
     from ._qt.search_widget import SearchResult, grid_of
     from .reader import store_layers
 
@@ -49,8 +49,7 @@ def add_demo_layers(viewer, result: dict[str, Any]) -> dict[str, Any]:
         )
         panels["Search"].show_result(res)
         panels["Search"].text_edit.setText(result["query"])
-    viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
+    show_scale_bar(viewer)
     return panels
 
 

@@ -468,6 +468,10 @@ def hit_layers(
         "metadata": {"nightwatch_kind": "hits", "query": query, "pixel_size_um": float(pixel_size_um),
                      "boxes_level0": boxes.tolist()},
     }
+    if n == 0:  # a colour by score needs scores; an empty search still gets (empty) layers
+        points_kw["face_color"] = "yellow"
+        points_kw.pop("face_colormap")
+        points_kw["size"] = 10.0
     rects = [box_level0_to_um_corners(b, pixel_size_um) for b in boxes]
     shapes_kw = {
         "name": f"hit boxes: {base}",

@@ -59,8 +59,8 @@ TRAIN, VAL, TEST, UNPAIRED = 0, 1, 2, -1
 #: elements whose leave-block-out predictability from look-alike training tiles
 #: (Pearson r) is below this carry no evidence in the photograph anywhere
 MIN_ELEMENT_R = 0.5
-#: a tile is flagged for an element when its image neighbours' measured values
-#: spread by more than this fraction of the element's typical range
+#: a tile is flagged for an element when the measured values of the training tiles
+#: that look like it spread by more than this fraction of their mean
 MAX_RELATIVE_SPREAD = 0.25
 
 
@@ -533,7 +533,7 @@ def _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, bloc
         "xrf_affine": store.xrf_affine.tolist(),
         "training": {"epochs_max": epochs, "epochs_run": len(history), "best_epoch": best_epoch,
                      "batch_size": batch_size, "lr": lr, "seconds": round(time.perf_counter() - t0, 2),
-                     "encoder_seconds": round(t_enc, 2), "temperature": float(1 / model.logit_scale.exp())},
+                     "encoder_seconds": round(t_enc, 2), "temperature": float(1 / model.logit_scale.detach().exp())},
         "validation": {"val_similarity@10": val_sim, "val_recall@10": val_recall},
         "history": history[-50:],
     }
@@ -1043,7 +1043,11 @@ def predict_xrf_maps(
     blocks = (r_ // bt) * (-(-grid.n_cols // bt)) + c_ // bt
     cv_r = leave_block_out_r(bank_img, bridge.bank_elements, blocks, k=k, inv_t=1.0 / max(bridge.temperature, 1e-3))
     element_ok = np.array([r is not None and r >= MIN_ELEMENT_R for r in cv_r])
-    rel_spread = pred["spread"] / typical[None]
+    # spread among look-alikes relative to their own level (a lead ground present under
+    # half of a colour is a 50 % spread whatever lead white paint elsewhere reaches),
+    # floored at a fifth of the element's typical range so counting noise around zero
+    # in tiles without the element does not count as "no evidence"
+    rel_spread = pred["spread"] / np.maximum(pred["neighbours"], 0.2 * typical[None])
     no_evidence = (rel_spread > MAX_RELATIVE_SPREAD) | ~element_ok[None]
 
     # the map written is, per element, the estimate that did best on the validation

@@ -98,7 +98,7 @@ def footprint_matrix(
     tile0 = grid.tile * grid.downsample
     foot = float(np.sqrt(abs(np.linalg.det(a[:2, :2]))))  # XRF pixel edge in mosaic px
     if samples is None:
-        samples = int(np.clip(np.ceil(3.0 * tile0 / foot), 2, 32))
+        samples = int(np.clip(np.ceil(3.0 * tile0 / foot - 1e-6), 2, 32))
     s = int(samples)
     # sample offsets inside a tile: centres of an s x s subdivision of the tile's
     # area, which spans [y0 - 0.5, y1 - 0.5) in pixel-centre coordinates

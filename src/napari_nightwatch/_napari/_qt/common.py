@@ -52,6 +52,13 @@ def add_layer_data(viewer, layer_data: tuple) -> Any:
     return layer
 
 
+def show_scale_bar(viewer) -> None:
+    """Show napari's scale bar; it reads micrometres from the layers' units."""
+    canvas = getattr(viewer, "canvas", None)
+    bar = canvas.overlays.scale_bar if canvas is not None and hasattr(canvas, "overlays") else viewer.scale_bar
+    bar.visible = True
+
+
 def stores_in_viewer(viewer) -> list[str]:
     """Paths of the painting stores whose layers are in the viewer, most recently added first."""
     seen: list[str] = []
@@ -178,6 +185,10 @@ class Panel(QWidget):
                     w.setText(str(v))
             except (TypeError, ValueError):  # a stale or hand-edited value: keep the default
                 continue
+        # the painting open in the viewer beats the remembered one
+        found = stores_in_viewer(self.viewer)
+        if found:
+            self.store_edit.setText(found[0])
 
     # ------------------------------------------------------------------ running
     def start(self, func, on_result=None, label: str = ""):

@@ -72,12 +72,13 @@ class LinePlot(QWidget):
             return (area.left() + (x - x0) / (x1 - x0) * area.width(),
                     area.bottom() - (y - y0) / (y1 - y0) * area.height())
 
-        for mx, label, rgb in self.markers:
+        # labels of neighbouring lines are staggered over four rows so they stay readable
+        for i, (mx, label, rgb) in enumerate(sorted(self.markers)):
             if x0 <= mx <= x1:
                 px, _ = to_px(mx, y0)
                 p.setPen(QPen(QColor(*rgb), 1, Qt.PenStyle.DashLine))
                 p.drawLine(QPointF(px, area.top()), QPointF(px, area.bottom()))
-                p.drawText(QPointF(px + 2, area.top() + 12), label)
+                p.drawText(QPointF(px + 2, area.top() + 12 + 12 * (i % 4)), label)
         for x, y, rgb in self.curves.values():
             if len(x) < 1:
                 continue

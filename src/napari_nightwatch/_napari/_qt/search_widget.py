@@ -301,7 +301,9 @@ class SearchWidget(Panel):
         elif src == "XRF pixel":
             req.xrf_pixel = (self.xrf_y.value(), self.xrf_x.value())
         elif src == "XRF rectangle":
-            req.xrf_box = L.um_rect_to_xrf_box(self._rectangle_um(), store.xrf_affine, p)
+            box = L.um_rect_to_xrf_box(self._rectangle_um(), store.xrf_affine, p)
+            # whole pixels: those whose centres lie inside the rectangle, [y0, y1) x [x0, x1)
+            req.xrf_box = tuple(int(np.ceil(v)) for v in box)
         else:
             req.spectrum_path = self.spectrum_edit.text()
             if not req.spectrum_path:
