@@ -68,11 +68,10 @@ def test_project_create_import_open(make_napari_viewer, qtbot, tmp_path):
     qtbot.addWidget(w2)
     assert w2.mosaic_edit.text() == str(tmp_path / "m.png") and w2.mosaic_pixel.value() == 2.5
 
-    # opening the store shows its layers
-    n = len(viewer.layers)
+    # opening the store shows its layers, replacing (not duplicating) those already shown
     w.open_button.click()
     wait_job(qtbot, w.runner)
-    assert len(viewer.layers) == n + 1
+    assert [ly.name for ly in viewer.layers] == ["p mosaic", "p XRF total counts"]
 
 
 def test_bad_input_is_a_notification(make_napari_viewer, qtbot, tmp_path, monkeypatch):

@@ -13,7 +13,11 @@ from typing import Any
 
 import numpy as np
 
-PANELS = ("Painting project", "Embed tiles", "Search", "XRF", "Bridge")
+# docked as tabs; the last one is in front
+PANELS = ("Painting project", "Embed tiles", "XRF", "Bridge", "Search")
+#: element maps shown at start (the others are in the layer list, hidden): all sixteen
+#: additive maps at once would wash the painting out
+SHOWN_ELEMENTS = ("Hg-L", "Cu-K", "Co-K")
 
 
 def add_demo_layers(viewer, result: dict[str, Any]) -> dict[str, Any]:
@@ -29,6 +33,12 @@ def add_demo_layers(viewer, result: dict[str, Any]) -> dict[str, Any]:
     store = PaintingStore.open(result["store"])
     suffix = result.get("suffix") or (" (random weights)" if result.get("random_weights") else "")
     for ld in store_layers(store.path):
+        kind = ld[1].get("metadata", {}).get("nightwatch_kind")
+        if kind == "xrf_total":
+            ld[1]["visible"] = False
+        elif kind == "element_map":
+            ld[1]["visible"] = ld[1]["metadata"].get("element") in SHOWN_ELEMENTS
+            ld[1]["opacity"] = 0.6
         add_layer_data(viewer, ld)
     panels = {}
     for name in PANELS:
@@ -50,6 +60,7 @@ def add_demo_layers(viewer, result: dict[str, Any]) -> dict[str, Any]:
         panels["Search"].show_result(res)
         panels["Search"].text_edit.setText(result["query"])
     show_scale_bar(viewer)
+    viewer.reset_view()
     return panels
 
 
@@ -58,6 +69,7 @@ def show_demo(result: dict[str, Any], screenshot: str | Path | None = None, bloc
     import napari
 
     viewer = napari.Viewer(title="napari-nightwatch demo")
+    viewer.window.resize(1600, 1000)
     if result.get("random_weights"):
         from napari.utils.notifications import show_warning
 

@@ -396,7 +396,7 @@ def similarity_map_layer(scores: np.ndarray, grid, pixel_size_um: float, name: s
         "colormap": "inferno",
         "blending": "additive",
         "contrast_limits": (lo, hi),
-        "opacity": 0.8,
+        "opacity": 0.55,  # the painting stays readable under the heat map
         "units": UNITS,
         "metadata": {"nightwatch_kind": "similarity"},
         **grid_placement(grid, pixel_size_um),

@@ -1059,6 +1059,12 @@ def predict_xrf_maps(
         scores = [(val_r[m][i] if val_r[m][i] is not None else -np.inf) for m in methods]
         chosen.append(methods[int(np.argmax(scores))] if np.isfinite(max(scores)) else "head")
     pred["best"] = np.stack([pred[chosen[i]][:, i] for i in range(c)], 1) if c else pred["head"]
+    # calibrate the uncertainty with the chosen estimate's error on the validation
+    # tiles (held out from training, never the test tiles): ensemble and neighbour
+    # spreads alone miss what all members and look-alikes get wrong together
+    resid = pred["best"][pos[val_tiles]] - measured[val_tiles]
+    val_rms = np.sqrt(np.nanmean(resid**2, axis=0)) if len(val_tiles) else np.zeros(c)
+    pred["uncertainty"] = np.sqrt(pred["uncertainty"] ** 2 + np.nan_to_num(val_rms)[None] ** 2).astype(np.float32)
 
     validation: dict[str, Any] = {}
     rows_cols = grid.shape
@@ -1067,7 +1073,8 @@ def predict_xrf_maps(
     held_map = held.reshape(rows_cols)
     for i, el in enumerate(names):
         m_map = measured[:, i].reshape(rows_cols)
-        entry: dict[str, Any] = {"method": chosen[i], "evidence": bool(element_ok[i]), "cv_r": cv_r[i]}
+        entry: dict[str, Any] = {"method": chosen[i], "evidence": bool(element_ok[i]), "cv_r": cv_r[i],
+                                 "val_rms": float(np.nan_to_num(val_rms[i]))}
         for method in ("best",) + methods:
             p_full = np.full(grid.n_tiles, np.nan, np.float32)
             p_full[tiles] = pred[method][:, i]

@@ -52,6 +52,14 @@ def add_layer_data(viewer, layer_data: tuple) -> Any:
     return layer
 
 
+def canvas_size(viewer) -> tuple[float, float]:
+    """(height, width) of the canvas in screen pixels (napari >= 0.9: ``viewer.canvas.size``)."""
+    size = getattr(getattr(viewer, "canvas", None), "size", None)
+    if size is None:  # older napari
+        size = getattr(viewer, "_canvas_size", (600, 800))
+    return float(size[0]), float(size[1])
+
+
 def show_scale_bar(viewer) -> None:
     """Show napari's scale bar; it reads micrometres from the layers' units."""
     canvas = getattr(viewer, "canvas", None)

@@ -91,6 +91,10 @@ class ProjectWidget(Panel):
         self.open_store()  # a clear error now rather than in the worker
 
         def show(layer_data):
+            from .xrf_widget import remove_store_layers
+
+            # opening again refreshes the painting's layers instead of duplicating them
+            remove_store_layers(self.viewer, str(path), ("mosaic", "xrf_total", "element_map"))
             for ld in layer_data:
                 add_layer_data(self.viewer, ld)
             self.refresh_summary()
@@ -114,6 +118,9 @@ class ProjectWidget(Panel):
         px = self.mosaic_pixel.value() or None
 
         def done(store):
+            from .xrf_widget import remove_store_layers
+
+            remove_store_layers(self.viewer, str(store.path), ("mosaic",))
             add_layer_data(self.viewer, mosaic_layer(store))
             self.refresh_summary()
 
@@ -132,6 +139,9 @@ class ProjectWidget(Panel):
         calib = EnergyCalibration(self.xrf_offset.value(), self.xrf_gain.value()) if self.xrf_gain.value() > 0 else None
 
         def done(store):
+            from .xrf_widget import remove_store_layers
+
+            remove_store_layers(self.viewer, str(store.path), ("xrf_total", "element_map"))
             add_layer_data(self.viewer, xrf_total_layer(store))
             self.refresh_summary()
 

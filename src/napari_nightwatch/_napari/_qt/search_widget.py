@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import NightwatchError
 from .. import layers as L
-from .common import Panel, PathEdit, add_layer_data, clip_engine, spin
+from .common import Panel, PathEdit, add_layer_data, canvas_size, clip_engine, spin
 
 SOURCES = (
     "text",
@@ -266,7 +266,7 @@ class SearchWidget(Panel):
     def view_box_um(self) -> np.ndarray:
         """Corners (4, 2) in micrometres of what the canvas shows now."""
         cy, cx = self.viewer.camera.center[-2:]
-        h, w = getattr(self.viewer, "_canvas_size", (600, 800))
+        h, w = canvas_size(self.viewer)
         zoom = self.viewer.camera.zoom
         hh, hw = h / zoom / 2, w / zoom / 2
         return np.array([[cy - hh, cx - hw], [cy - hh, cx + hw], [cy + hh, cx + hw], [cy + hh, cx - hw]])
@@ -364,7 +364,7 @@ class SearchWidget(Panel):
         h = self.hits[row]
         tile_um = float(h["box"][2] - h["box"][0]) * self.last_result.pixel_size_um
         self.viewer.camera.center = tuple(float(v) for v in h["center_um"])
-        ch, cw = getattr(self.viewer, "_canvas_size", (600, 800))
+        ch, cw = canvas_size(self.viewer)
         self.viewer.camera.zoom = max(min(ch, cw) / (3.0 * tile_um), 1e-6)
         if self.last_layers:
             pts = self.last_layers[1]
