@@ -517,7 +517,8 @@ def store_predicted_layers(
     if "maps" in parts:
         metrics = {}
         for el, v in (attrs.get("validation") or {}).items():
-            metrics[el] = {"r": v.get("r_head"), "ssim": v.get("ssim_head"), "r_joint": v.get("r_joint"),
+            # map "0" holds, per element, the estimate that scored best on validation blocks
+            metrics[el] = {"r": v.get("r"), "ssim": v.get("ssim"), "method": v.get("method"), "r_joint": v.get("r_joint"),
                            "ssim_joint": v.get("ssim_joint"), "evidence": v.get("evidence")}
         maps = np.nan_to_num(np.asarray(g["0"][...], dtype=np.float32), nan=0.0)
         layers = predicted_map_layers(maps, names, grid, p, metrics=metrics, suffix=suffix)

@@ -297,7 +297,7 @@ class BridgeWidget(Panel):
         val = result.get("validation") or {}
         self.metrics_table.setRowCount(len(val))
         for r, (el, v) in enumerate(val.items()):
-            cells = (el, _fmt(v.get("r_head")), _fmt(v.get("ssim_head")), "yes" if v.get("evidence") else "no")
+            cells = (el, _fmt(v.get("r")), _fmt(v.get("ssim")), "yes" if v.get("evidence") else "no")
             for c, text in enumerate(cells):
                 self.metrics_table.setItem(r, c, QTableWidgetItem(text))
 
