@@ -33,7 +33,21 @@ def _progress(args) -> tuple[Callable, Callable]:
     return tqdm_progress(disable=getattr(args, "json", False) or getattr(args, "quiet", False))
 
 
+def _hits_table(hits: list[dict[str, Any]]) -> str:
+    """Search results as a fixed-width table (rank, score, tile, centre in px and um, store)."""
+    head = f"{'rank':>4} {'score':>7} {'tile':>7} {'y px':>9} {'x px':>9} {'y um':>10} {'x um':>10}  store"
+    rows = [
+        f"{h['rank']:>4} {h['score']:>7.4f} {h['tile']:>7} {h['y']:>9.1f} {h['x']:>9.1f} "
+        f"{h['y_um']:>10.1f} {h['x_um']:>10.1f}  {Path(str(h['store'])).name}"
+        for h in hits
+    ]
+    return "\n".join([head, *rows])
+
+
 def _human(result: dict[str, Any]) -> str:
+    if isinstance(result.get("results"), list) and all(isinstance(h, dict) and "rank" in h for h in result["results"]):
+        rest = {k: v for k, v in result.items() if k != "results"}
+        return _human(rest) + "\n" + _hits_table(result["results"])
     lines = []
     for k, v in result.items():
         if isinstance(v, (dict, list)) and len(json.dumps(v)) > 100:
