@@ -33,3 +33,18 @@ def test_search_results_print_as_a_table():
     assert lines[1].split()[:3] == ["rank", "score", "tile"]
     assert lines[2].split() == ["1", "0.9123", "7", "32.0", "96.0", "160.0", "480.0", "b.nightwatch.zarr"]
     assert len(lines) == 4
+
+
+def test_half_a_calibration_is_refused(tmp_path, capsys):
+    import numpy as np
+
+    from napari_nightwatch.project import PaintingStore
+
+    np.save(tmp_path / "cube.npy", np.ones((4, 4, 256), np.uint16))
+    assert main(["import-xrf", str(tmp_path / "cube.npy"), str(tmp_path / "s.nightwatch.zarr"),
+                 "--energy-offset-kev", "0.0"]) == 2
+    assert "Give both --energy-offset-kev and --energy-gain-kev" in capsys.readouterr().err
+    assert not (tmp_path / "s.nightwatch.zarr").exists()
+    PaintingStore.create(tmp_path / "t.nightwatch.zarr")
+    assert main(["xrf-maps", str(tmp_path / "t.nightwatch.zarr"), "--energy-gain-kev", "0.01"]) == 2
+    assert "Give both --energy-offset-kev and --energy-gain-kev" in capsys.readouterr().err

@@ -79,15 +79,21 @@ def _cmd_import_mosaic(args) -> dict:
     return store.summary()
 
 
-def _cmd_import_xrf(args) -> dict:
+def _calibration_from_args(args):
+    """The energy calibration given by --energy-offset-kev/--energy-gain-kev, or None."""
     from .core.spectra import EnergyCalibration
+
+    if args.energy_offset_kev is None and args.energy_gain_kev is None:
+        return None
+    if args.energy_offset_kev is None or args.energy_gain_kev is None:
+        raise NightwatchError("Give both --energy-offset-kev and --energy-gain-kev, or neither.")
+    return EnergyCalibration(args.energy_offset_kev, args.energy_gain_kev)
+
+
+def _cmd_import_xrf(args) -> dict:
     from .io.xrf_files import import_xrf
 
-    calib = None
-    if args.energy_offset_kev is not None or args.energy_gain_kev is not None:
-        if args.energy_offset_kev is None or args.energy_gain_kev is None:
-            raise NightwatchError("Give both --energy-offset-kev and --energy-gain-kev, or neither.")
-        calib = EnergyCalibration(args.energy_offset_kev, args.energy_gain_kev)
+    calib = _calibration_from_args(args)
     cb, close = _progress(args)
     try:
         store = import_xrf(
@@ -243,13 +249,7 @@ def _cmd_xrf_maps(args) -> dict:
     row_shift = args.row_shift
     if row_shift is not None and row_shift != "auto":
         row_shift = _floats(row_shift, 1, "--row-shift")[0]
-    calib = None
-    if args.energy_offset_kev is not None or args.energy_gain_kev is not None:
-        from .core.spectra import EnergyCalibration
-
-        if args.energy_offset_kev is None or args.energy_gain_kev is None:
-            raise NightwatchError("Give both --energy-offset-kev and --energy-gain-kev, or neither.")
-        calib = EnergyCalibration(args.energy_offset_kev, args.energy_gain_kev)
+    calib = _calibration_from_args(args)
     cb, close = _progress(args)
     try:
         result = fit_store(store, args.elements, background=args.background, refine=not args.no_refine,
