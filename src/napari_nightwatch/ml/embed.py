@@ -379,6 +379,19 @@ def load_embeddings(
     return vectors, grid
 
 
+def done_tiles(embeddings_group, n_tiles: int) -> np.ndarray:
+    """Per-tile "embedded" flags of an ``embeddings/<model_id>`` group, from its chunk done-mask.
+
+    A group without a done-mask (written whole, e.g. by a test or an import) counts as done.
+    """
+    if "done" not in embeddings_group:
+        return np.ones(n_tiles, bool)
+    attrs = dict(embeddings_group.attrs.get("nightwatch", {}))
+    chunk = int(attrs.get("chunk_tiles", embeddings_group["vectors"].chunks[0]))
+    flags = np.repeat(np.asarray(embeddings_group["done"][...], dtype=bool), chunk)[:n_tiles]
+    return np.concatenate([flags, np.zeros(n_tiles - flags.size, bool)])
+
+
 # ---------------------------------------------------------------------------- pipeline
 def _tile_reader(store: PaintingStore, grid: TileGrid) -> Callable[[np.ndarray], np.ndarray]:
     """A function: tile indices -> uint8 (n, tile, tile, 3), one region read per row-segment."""

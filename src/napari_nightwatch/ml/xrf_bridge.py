@@ -52,6 +52,7 @@ import numpy as np
 from ..core.errors import NightwatchError
 from ..core.progress import ProgressCallback, report
 from ..core.tiling import TileGrid
+from .embed import done_tiles
 from .spectrum_encoder import SpectrumEncoderConfig
 
 #: splits of the paired tiles
@@ -139,12 +140,7 @@ def open_tile_embeddings(store, grid_id: str | None = None, model_id: str | None
     n = int(vectors.shape[0])
     keep = np.asarray(g["keep"][...], dtype=bool) if "keep" in g else np.ones(n, bool)
     attrs = dict(e.attrs.get("nightwatch", {}))
-    if "done" in e:
-        chunk = int(attrs.get("chunk_tiles", vectors.chunks[0]))
-        done = np.repeat(np.asarray(e["done"][...], dtype=bool), chunk)[:n]
-        done = np.concatenate([done, np.zeros(n - done.size, bool)])
-    else:
-        done = np.ones(n, bool)
+    done = done_tiles(e, n)
     grid = TileGrid.from_attrs(dict(g.attrs["nightwatch"])["grid"], keep=keep)
     return TileEmbeddings(gid, model_id, grid, vectors, np.flatnonzero(keep & done), dict(attrs.get("signature", {})))
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from ..core.errors import NightwatchError
 from ..core.progress import ProgressCallback, report
+from ..ml.embed import done_tiles
 from ..project import PaintingStore, _jsonable
 
 FLAT_MAX_VECTORS = 200_000
@@ -354,15 +355,7 @@ def open_embeddings(store: PaintingStore, grid_id: str, model_id: str) -> Embedd
     n_tiles = int(vectors.shape[0])
     keep = np.asarray(g["keep"][...], dtype=bool) if "keep" in g else np.ones(n_tiles, bool)
     attrs = dict(e.attrs.get("nightwatch", {}))
-    chunk_tiles = int(attrs.get("chunk_tiles", vectors.chunks[0]))
-    if "done" in e:
-        done = np.asarray(e["done"][...], dtype=bool)
-        done_tiles = np.repeat(done, chunk_tiles)[:n_tiles]
-        if done_tiles.size < n_tiles:
-            done_tiles = np.concatenate([done_tiles, np.zeros(n_tiles - done_tiles.size, bool)])
-    else:
-        done_tiles = np.ones(n_tiles, bool)
-    emb = Embeddings(store, gid, mid, vectors, keep, done_tiles, attrs, dict(g.attrs.get("nightwatch", {})))
+    emb = Embeddings(store, gid, mid, vectors, keep, done_tiles(e, n_tiles), attrs, dict(g.attrs.get("nightwatch", {})))
     _check_against_store(emb)
     return emb
 
@@ -370,15 +363,15 @@ def open_embeddings(store: PaintingStore, grid_id: str, model_id: str) -> Embedd
 def _check_against_store(emb: Embeddings) -> None:
     """Raise when the embeddings were made from another mosaic, grid or mask than the store holds now."""
     # the embedding pipeline owns the signature format; reuse its (numpy-only) helpers
-    from ..ml.embed import _keep_digest, _source_signature, signature_mismatch
+    from ..ml.embed import keep_digest, signature_mismatch, source_signature
 
     sig = emb.signature
     if not sig or "grid" not in emb.grid_attrs:
         return
     grid = emb.grid()
-    current = {"grid": grid.to_attrs(), "keep_sha1": _keep_digest(grid)}
+    current = {"grid": grid.to_attrs(), "keep_sha1": keep_digest(grid)}
     if emb.store.has_mosaic:
-        current["source"] = _source_signature(emb.store)
+        current["source"] = source_signature(emb.store)
     bad = signature_mismatch(sig, {k: v for k, v in current.items() if k in sig})
     if bad:
         raise NightwatchError(
