@@ -169,13 +169,7 @@ class BridgeWidget(Panel):
         fill(self.region_combo, shapes, none="(whole painting, split by blocks)")
 
     def refresh_embeddings(self) -> None:
-        from ...ml.embed import list_embeddings
-
-        store = self.open_store()
-        self.embeddings_combo.clear()
-        for gid, models in list_embeddings(store).items():
-            for mid in models:
-                self.embeddings_combo.addItem(f"{gid} / {mid}")
+        self.fill_embeddings_combo(self.embeddings_combo)
 
     # ------------------------------------------------------------------ registration
     def register(self):
@@ -239,12 +233,7 @@ class BridgeWidget(Panel):
         from ...ml.xrf_bridge import train_xrf_bridge
 
         store = self.open_store()
-        if not self.embeddings_combo.count():
-            self.refresh_embeddings()
-        choice = self.embeddings_combo.currentText()
-        if not choice:
-            raise NightwatchError(f"{store.path} has no tile embeddings yet; run the Embed panel first.")
-        grid_id, model_id = (s.strip() for s in choice.split("/", 1))
+        grid_id, model_id = self.chosen_embeddings(store, self.embeddings_combo)
         epochs, region, path = self.epochs_spin.value(), self.train_region(), store.path
         self.losses.clear()
         self.val_scores.clear()

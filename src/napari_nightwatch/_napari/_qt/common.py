@@ -198,6 +198,30 @@ class Panel(QWidget):
         if found:
             self.store_edit.setText(found[0])
 
+    # ------------------------------------------------------------------ shared inputs
+    def fill_embeddings_combo(self, combo) -> None:
+        """List the store's searchable ``grid / model`` pairs in ``combo``, keeping the current choice."""
+        from ...ml.embed import list_embeddings
+
+        store = self.open_store()
+        current = combo.currentText()
+        combo.clear()
+        for gid, models in list_embeddings(store).items():
+            for mid in models:
+                combo.addItem(f"{gid} / {mid}")
+        if current and combo.findText(current) >= 0:
+            combo.setCurrentText(current)
+
+    def chosen_embeddings(self, store, combo) -> tuple[str, str]:
+        """The (grid_id, model_id) picked in ``combo``; a sentence when the store has none."""
+        if not combo.count():
+            self.fill_embeddings_combo(combo)
+        choice = combo.currentText()
+        if not choice:
+            raise NightwatchError(f"{store.path} has no tile embeddings yet; run the Embed panel first.")
+        grid_id, model_id = (part.strip() for part in choice.split("/", 1))
+        return grid_id, model_id
+
     # ------------------------------------------------------------------ running
     def start(self, func, on_result=None, label: str = ""):
         """Save settings, then run ``func(progress)`` in a worker; input errors become notifications."""
@@ -220,6 +244,18 @@ class Panel(QWidget):
                 return None
 
         return call
+
+
+def fill_shapes_combo(viewer, combo) -> None:
+    """List the viewer's Shapes layers (not our own hit boxes) in ``combo``, keeping the current choice."""
+    from napari.layers import Shapes
+
+    current = combo.currentText()
+    combo.clear()
+    names = [ly.name for ly in viewer.layers if isinstance(ly, Shapes) and not ly.name.startswith("hit boxes")]
+    combo.addItems(names)
+    if current in names:
+        combo.setCurrentText(current)
 
 
 def spin(lo: int, hi: int, value: int, step: int = 1) -> QSpinBox:

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 
 from ...core.errors import NightwatchError
 from .. import layers as L
-from .common import Panel, PathEdit, add_layer_data, canvas_size, clip_engine, spin
+from .common import Panel, PathEdit, add_layer_data, canvas_size, clip_engine, fill_shapes_combo, spin
 
 SOURCES = (
     "text",
@@ -210,28 +210,12 @@ class SearchWidget(Panel):
 
     # ------------------------------------------------------------------ inputs
     def _refresh_shapes(self, event=None) -> None:
-        from napari.layers import Shapes
-
-        current = self.shapes_combo.currentText()
-        self.shapes_combo.clear()
-        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Shapes) and not ly.name.startswith("hit boxes")]
-        self.shapes_combo.addItems(names)
-        if current in names:
-            self.shapes_combo.setCurrentText(current)
+        fill_shapes_combo(self.viewer, self.shapes_combo)
 
     def refresh_embeddings(self) -> None:
         """List the store's grid/model pairs that can be searched."""
-        from ...ml.embed import list_embeddings
-
-        store = self.open_store()
         self._indexes.clear()  # a re-embedded grid gets a new index
-        current = self.embeddings_combo.currentText()
-        self.embeddings_combo.clear()
-        for gid, models in list_embeddings(store).items():
-            for mid in models:
-                self.embeddings_combo.addItem(f"{gid} / {mid}")
-        if current and self.embeddings_combo.findText(current) >= 0:
-            self.embeddings_combo.setCurrentText(current)
+        self.fill_embeddings_combo(self.embeddings_combo)
 
     def _toggle_pick(self, on: bool) -> None:
         cb = self._on_click
@@ -274,12 +258,7 @@ class SearchWidget(Panel):
     def request(self) -> SearchRequest:
         """Read the panel's inputs (main thread) into a :class:`SearchRequest`."""
         store = self.open_store()
-        if not self.embeddings_combo.count():
-            self.refresh_embeddings()
-        choice = self.embeddings_combo.currentText()
-        if not choice:
-            raise NightwatchError(f"{store.path} has no tile embeddings yet; run the Embed panel first.")
-        grid_id, model_id = (s.strip() for s in choice.split("/", 1))
+        grid_id, model_id = self.chosen_embeddings(store, self.embeddings_combo)
         src = self.source_combo.currentText()
         req = SearchRequest(store.path, grid_id, model_id, src, negative=self.negative_edit.text().strip(),
                             k=self.k_spin.value())

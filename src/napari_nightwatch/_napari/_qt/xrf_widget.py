@@ -7,7 +7,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QLineEdit,
 
 from ...core.errors import NightwatchError
 from .. import layers as L
-from .common import Panel, add_layer_data
+from .common import Panel, add_layer_data, fill_shapes_combo
 from .plot import LinePlot
 
 
@@ -95,14 +95,7 @@ class XrfWidget(Panel):
         self.calibration_label.setText(text)
 
     def _refresh_shapes(self, event=None) -> None:
-        from napari.layers import Shapes
-
-        current = self.shapes_combo.currentText()
-        self.shapes_combo.clear()
-        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Shapes) and not ly.name.startswith("hit boxes")]
-        self.shapes_combo.addItems(names)
-        if current in names:
-            self.shapes_combo.setCurrentText(current)
+        fill_shapes_combo(self.viewer, self.shapes_combo)
 
     # ------------------------------------------------------------------ element maps
     def elements(self) -> str | list[str]:
