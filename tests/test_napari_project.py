@@ -5,14 +5,9 @@ from __future__ import annotations
 import threading
 
 import numpy as np
-import pytest
 
+from _napari_support import private_config_dir  # noqa: F401 (autouse fixture)
 from napari_nightwatch.core.errors import NightwatchError
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_NIGHTWATCH_CONFIG_DIR", str(tmp_path / "config"))
 
 
 def wait_job(qtbot, runner, timeout=60_000):

@@ -12,34 +12,13 @@ import shutil
 import numpy as np
 import pytest
 
+from _napari_support import check_responsive, idle_gap_ms, private_config_dir  # noqa: F401 (autouse fixture)
+
 PX_UM = 5.0
 SEARCH = "L0-t32-s32 / nightwatch-tiny__none"
 BRIDGE = "L0-t16-s16 / nightwatch-tiny__none"
 # a few families keep the number of layers (and the test time) small
 FAMILIES = ("Pb-L", "Hg-L", "Fe-K", "Cu-K")
-
-
-def idle_gap_ms(qtbot, ms: int = 700) -> float:
-    """Largest event-loop gap of the idle GUI: what the OS alone costs on a busy machine."""
-    from napari_nightwatch._napari._qt.jobs import EventLoopProbe
-
-    probe = EventLoopProbe()
-    probe.start()
-    qtbot.wait(ms)
-    return probe.stop()
-
-
-def check_responsive(what: str, runner, idle_ms: float) -> None:
-    """The job may not freeze the GUI: under 100 ms, or no worse than the idle loop on an overloaded host."""
-    gap = runner.job_max_gap_ms
-    print(f"\n{what}: largest event-loop gap while the job ran {gap:.1f} ms ({runner.elapsed_s:.2f} s job; "
-          f"idle loop {idle_ms:.1f} ms); adding its layers took {runner.show_s * 1000:.0f} ms")
-    assert gap < max(100.0, 1.5 * idle_ms)
-
-
-@pytest.fixture(autouse=True)
-def _config_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("NAPARI_NIGHTWATCH_CONFIG_DIR", str(tmp_path / "config"))
 
 
 @pytest.fixture(scope="module")
