@@ -12,38 +12,26 @@ import shutil
 import numpy as np
 import pytest
 
-from _napari_support import check_responsive, idle_gap_ms, private_config_dir  # noqa: F401 (autouse fixture)
+from _napari_support import (  # noqa: F401 (autouse fixture)
+    FAMILIES,
+    check_responsive,
+    idle_gap_ms,
+    prepare_painting,
+    private_config_dir,
+)
 
 PX_UM = 5.0
 SEARCH = "L0-t32-s32 / nightwatch-tiny__none"
 BRIDGE = "L0-t16-s16 / nightwatch-tiny__none"
-# a few families keep the number of layers (and the test time) small
-FAMILIES = ("Pb-L", "Hg-L", "Fe-K", "Cu-K")
 
 
 @pytest.fixture(scope="module")
 def prepared(synthetic_store_factory, tmp_path_factory):
-    from napari_nightwatch.ml.clip import load_clip
-    from napari_nightwatch.ml.embed import embed_store, make_grid
-    from napari_nightwatch.project import PaintingStore
-    from napari_nightwatch.search.index import build_index
     from napari_nightwatch.synth import load_ground_truth
-    from napari_nightwatch.xrf.maps import fit_store
 
-    src = synthetic_store_factory(256, 0)
-    path = tmp_path_factory.mktemp("workflow") / "painting.nightwatch.zarr"
-    shutil.copytree(src.path, path)
-    store = PaintingStore.open(path, mode="r+")
-    gt = load_ground_truth(store)
-    fit_store(store, elements=list(FAMILIES), refine=False)
-    engine = load_clip("nightwatch-tiny", "none", device="cpu")
-    grid = make_grid(store, tile=32, stride=32)
-    embed_store(store, engine, grid, batch_size=64)
-    build_index(store, grid.grid_id, engine.model_id)
-    grid16 = make_grid(store, tile=16, stride=16, mask="none")
-    embed_store(store, engine, grid16, batch_size=64)
-    build_index(store, grid16.grid_id, engine.model_id)
-    return path, gt
+    path = prepare_painting(synthetic_store_factory(256, 0),
+                            tmp_path_factory.mktemp("workflow") / "painting.nightwatch.zarr")
+    return path, load_ground_truth(path)
 
 
 @pytest.fixture
