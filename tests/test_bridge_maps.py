@@ -151,3 +151,51 @@ def test_import_maps_bad_input(tmp_path, capsys):
     assert main(["import-maps", str(store.path), "--map", f"Pb-L={a}", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["elements"] == ["Pb-L"] and out["shape"] == [8, 8]
+
+
+def test_overlapping_stride_gives_a_finer_correctly_placed_map(tmp_path):
+    """Predicted maps are at tile resolution, finer with an overlapping stride (issue 5)."""
+    from _bridge_support import bridge_ready_store
+    from napari_nightwatch.ml.embed import embed_store, make_grid
+
+    store, gt, engine = bridge_ready_store(tmp_path / "s.nightwatch.zarr", size=256, seed=1)
+    coarse = make_grid(store, tile=16, mask="none")
+    fine = make_grid(store, tile=16, stride=8, mask="none")
+    embed_store(store, engine, fine, batch_size=256, num_workers=1)
+    maps = {}
+    for grid in (coarse, fine):
+        trained = B.train_xrf_bridge(store, grid_id=grid.grid_id, image_model_id=engine.model_id, epochs=3, threads=1)
+        maps[grid.stride] = (grid, trained, B.predict_xrf_maps(store, encoder_id=trained["encoder_id"], name=grid.grid_id))
+    (gc, _, pc), (gf, tf, pf) = maps[16], maps[8]
+    assert gf.shape == (2 * gc.n_rows - 1, 2 * gc.n_cols - 1)  # about twice the rows and columns
+    arrays = {}
+    for grid, pred in ((gc, pc), (gf, pf)):
+        g = store.root[f"predicted/{pred['name']}"]
+        a = dict(g.attrs["nightwatch"])
+        assert a["grid"] == grid.to_attrs()
+        assert np.asarray(g["0"]).shape == (len(a["elements"]),) + grid.shape
+        # map pixel (r, c) is centred on tile (r, c): centre of its box, in pixel-centre coordinates
+        scale, translate = np.array(a["map_transform"]["scale"]), np.array(a["map_transform"]["translate"])
+        rc = np.stack(grid.row_col(np.arange(grid.n_tiles)), -1)
+        np.testing.assert_allclose(translate + scale * rc, grid.centers() - 0.5)
+        np.testing.assert_allclose(scale, [grid.stride] * 2)
+        arrays[grid.stride] = np.asarray(g["measured"]), a
+        # held-out blocks: r is computed for the elements the painting varies in
+        v = pred["validation"]
+        assert v["Hg-L"]["n_test"] > 0
+        rs = [e["r"] for e in v.values()]
+        assert sum(r is not None and np.isfinite(r) for r in rs) >= len(rs) // 2, rs
+    # every other tile of the fine grid is a tile of the coarse grid: same place, same measurement
+    np.testing.assert_array_equal(arrays[8][0][:, ::2, ::2], arrays[16][0])
+    # held-out tiles share no pixels with tiles of another split (test blocks stay whole)
+    fine_split = np.asarray(store.root[f"models/{tf['encoder_id']}/split"])
+    assert {0, 1, 2} <= set(np.unique(fine_split).tolist())
+    paired = np.flatnonzero(fine_split >= 0)
+    b, lab = gf.boxes(paired), fine_split[paired]
+    overlap = (np.minimum(b[:, None, 2], b[None, :, 2]) > np.maximum(b[:, None, 0], b[None, :, 0])) & (
+        np.minimum(b[:, None, 3], b[None, :, 3]) > np.maximum(b[:, None, 1], b[None, :, 1]))
+    assert not (overlap & (lab[:, None] != lab[None, :])).any()
+    assert (fine_split == 2).sum() == tf["n_test"] and pf["validation"]["Hg-L"]["ssim"] is not None
+    # only an overlapping grid leaves tiles out
+    assert (B.spatial_block_split(gc, np.arange(gc.n_tiles)) >= 0).all()
+    assert (B.spatial_block_split(gf, np.arange(gf.n_tiles)) == -1).any()

@@ -228,3 +228,62 @@ def test_cli_embed(store, capsys):
     rc = main(["embed", str(store.path), "--model", "nightwatch-tiny", "--pretrained", "/no/such/file.bin", "--json"])
     err = capsys.readouterr().err
     assert rc == 2 and "neither a pretrained tag of nightwatch-tiny" in err
+
+
+def _per_tile_mask(store: PaintingStore, grid, min_std: float = 1.0, min_px: int = 16) -> np.ndarray:
+    """The mask rule written out tile by tile (the reference for the vectorised ``_auto_mask``)."""
+    downs = store.mosaic_downsamples
+    k = max(j for j, d in enumerate(downs) if j == grid.level or (j > grid.level and grid.tile * grid.downsample / d >= min_px))
+    raw = np.asarray(store.mosaic_levels()[k])
+    level, d = raw.astype(np.float64), downs[k]
+    scale = 255.0 / 65535.0 if raw.dtype == np.uint16 else 1.0
+    has_alpha = level.shape[-1] in (2, 4)
+    keep = []
+    for y0, x0, y1, x1 in grid.boxes():
+        px = level[y0 // d : -(-y1 // d), x0 // d : -(-x1 // d)]
+        colour = px[..., :-1] if has_alpha else px
+        textured = (colour.reshape(-1, colour.shape[-1]).std(axis=0) * scale >= min_std).any()
+        keep.append(bool(textured and (not has_alpha or px[..., -1].max() > 0)))
+    return np.array(keep)
+
+
+def test_vectorised_mask_equals_the_per_tile_rule(tmp_path):
+    # RGBA mosaic, 3 pyramid levels, odd sizes: a uniform border, a textured but transparent
+    # band, patches whose noise straddles the threshold, and a two-valued patch whose
+    # standard deviation is exactly min_std on level 0
+    rng = np.random.default_rng(7)
+    h, w = 1093, 1131
+    img = np.full((h, w, 4), 238, np.uint8)
+    img[..., 3] = 255
+    img[:, :100, :3] = rng.integers(0, 256, (h, 100, 3))
+    img[:, :100, 3] = 0
+    for i, y in enumerate(range(150, h - 150, 90)):
+        for j, x in enumerate(range(200, w - 150, 90)):
+            sigma = (0.0, 0.4, 0.8, 1.2, 3.0, 25.0)[(i + j) % 6]
+            img[y : y + 70, x : x + 70, :3] = np.clip(120 + rng.normal(0, sigma, (70, 70, 3)), 0, 255).astype(np.uint8)
+    img[150:214, 110:174, :3] = 100 + 2 * (np.arange(64)[:, None] % 2)  # std exactly 1.0 on level 0
+    store = PaintingStore.create(tmp_path / "rgba.nightwatch.zarr")
+    write_mosaic_array(store, img, pixel_size_um=5.0, source="mask test")
+    assert len(store.mosaic_downsamples) == 3
+    for level, tile, stride in [(0, 64, 32), (0, 37, 13), (0, 16, 16), (1, 24, 10), (2, 16, 12)]:
+        grid = make_grid(store, level=level, tile=tile, stride=stride, mask="auto")
+        want = _per_tile_mask(store, grid)
+        assert 0 < want.sum() < grid.n_tiles, (level, tile, stride)
+        np.testing.assert_array_equal(grid.keep, want, err_msg=f"level {level} tile {tile} stride {stride}")
+    # 16-bit grey, block-wise reading in several row-blocks of tiles
+    from napari_nightwatch.ml import embed as E
+
+    grey = np.full((600, 520), 30000, np.uint16)
+    grey[100:500, 60:460] += rng.normal(0, 400, (400, 400)).astype(np.uint16)  # 1.6 grey levels of 8 bits
+    grey[300:400, 100:200] = 30000 + rng.integers(0, 300, (100, 100)).astype(np.uint16)
+    s16 = PaintingStore.create(tmp_path / "grey.nightwatch.zarr")
+    write_mosaic_array(s16, grey, pixel_size_um=5.0, source="grey16")
+    old = E.MASK_BLOCK_VALUES
+    E.MASK_BLOCK_VALUES = 600  # a couple of tile rows per block
+    try:
+        grid = make_grid(s16, tile=20, stride=15, mask="auto")
+    finally:
+        E.MASK_BLOCK_VALUES = old
+    want = _per_tile_mask(s16, grid)
+    assert 0 < want.sum() < grid.n_tiles
+    np.testing.assert_array_equal(grid.keep, want)

@@ -82,38 +82,124 @@ def _pixels_per_um(store: PaintingStore) -> float | None:
         return None
 
 
-def _auto_mask(store: PaintingStore, grid: TileGrid, min_std: float, min_px: int,
-               progress: ProgressCallback | None) -> np.ndarray:
-    """Keep-mask by :data:`MASK_RULE`, read band by band from a coarse pyramid level."""
-    levels = store.mosaic_levels()
-    downs = store.mosaic_downsamples
+def _mask_level(store: PaintingStore, grid: TileGrid, min_px: int) -> int:
+    """The pyramid level of :data:`MASK_RULE`: the coarsest (never finer than the grid's) where a tile spans >= min_px px."""
     tile0 = grid.tile * grid.downsample  # tile edge in level-0 pixels
-    # coarsest level on which the tile still spans min_px pixels (never finer than the grid's)
     k = grid.level
-    for j, d in enumerate(downs):
+    for j, d in enumerate(store.mosaic_downsamples):
         if j >= grid.level and tile0 / d >= min_px:
             k = j
-    arr = levels[k]
-    d = downs[k]
+    return k
+
+
+def _tile_spans(n: int, stride: int, tile: int, d_grid: int, d: int, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel spans ``[lo, hi)`` of the n tiles of one grid axis on a level of downsample ``d`` (``limit`` px long).
+
+    Level-0 edges floored / ceiled to the level's pixels and clipped to its extent, as a
+    slice of the level array would clip them.
+    """
+    start0 = np.arange(n, dtype=np.int64) * stride * d_grid
+    lo = start0 // d
+    hi = np.minimum(-(-(start0 + tile * d_grid) // d), limit)
+    return np.minimum(lo, limit), np.maximum(hi, np.minimum(lo, limit))
+
+
+def _span_sums(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, axis: int, acc: type) -> np.ndarray:
+    """Sums of ``values`` over the index spans ``[lo[i], hi[i])`` along ``axis`` (spans may overlap).
+
+    The axis is cut at every span edge and each piece summed once (``np.add.reduceat``);
+    a span's sum is then a difference of the pieces' running totals, so overlapping
+    spans cost nothing extra. The last edge must be the length of the axis.
+    """
+    edges = np.unique(np.concatenate([lo, hi]))
+    out_shape = list(values.shape)
+    out_shape[axis] = len(lo)
+    if edges.size < 2:  # every span empty
+        return np.zeros(out_shape, acc)
+    pieces = np.add.reduceat(values, edges[:-1], axis=axis, dtype=acc)
+    zero_shape = list(pieces.shape)
+    zero_shape[axis] = 1
+    totals = np.concatenate([np.zeros(zero_shape, acc), np.cumsum(pieces, axis=axis, dtype=acc)], axis=axis)
+    return np.take(totals, np.searchsorted(edges, hi), axis=axis) - np.take(totals, np.searchsorted(edges, lo), axis=axis)
+
+
+def _box_sums(values: np.ndarray, ry: tuple[np.ndarray, np.ndarray], rx: tuple[np.ndarray, np.ndarray],
+              acc: type) -> np.ndarray:
+    """Sums of ``values`` (h, w, c) over every box ``ry-span i x rx-span j``: ``(len(ry[0]), len(rx[0]), c)``.
+
+    Separable: first each row of tiles' column sums, then those summed along each
+    tile's columns -- one pass over the pixels whatever the stride. Integer pixels
+    accumulate in int64, so the sums are exact.
+    """
+    return _span_sums(_span_sums(values, ry[0], ry[1], 0, acc), rx[0], rx[1], 1, acc)
+
+
+#: pixel values (rows x width x channels of the mask level) read and summed at once;
+#: bounds the mask's memory to a few times this many values, whatever the image size
+MASK_BLOCK_VALUES = 1 << 22
+
+
+def _auto_mask(store: PaintingStore, grid: TileGrid, min_std: float, min_px: int,
+               progress: ProgressCallback | None) -> np.ndarray:
+    """Keep-mask by :data:`MASK_RULE`, from per-tile moments of a coarse pyramid level.
+
+    The level is read in blocks of whole rows of tiles (each pixel row once per block,
+    even with overlapping tiles); every tile's channel sums of x and x**2 and its count
+    of alpha > 0 come from separable running sums (:func:`_box_sums`), so there is no
+    per-tile Python loop. Integer pixels give exact sums: the standard deviation
+    ``sqrt(n * sum(x**2) - sum(x)**2) / n`` is then exact up to the final float64
+    rounding.
+    """
+    k = _mask_level(store, grid, min_px)
+    arr = store.mosaic_levels()[k]
+    d = store.mosaic_downsamples[k]
     dtype = np.dtype(arr.dtype)
     scale = 255.0 / 65535.0 if dtype == np.uint16 else 1.0
-    n_ch = int(arr.shape[-1])
+    hk, wk, n_ch = (int(v) for v in arr.shape)
     has_alpha = n_ch in (2, 4)
+    n_colour = n_ch - 1 if has_alpha else n_ch
+    integer = dtype.kind in "ui"
+    acc = np.int64 if integer else np.float64
+    # the squares of 8- and 16-bit pixels fit exactly in 16 and 32 bits (cheaper than int64)
+    square_dtype = {np.dtype(np.uint8): np.uint16, np.dtype(np.uint16): np.uint32}.get(dtype, acc)
+    ty0, ty1 = _tile_spans(grid.n_rows, grid.stride, grid.tile, grid.downsample, d, hk)
+    tx0, tx1 = _tile_spans(grid.n_cols, grid.stride, grid.tile, grid.downsample, d, wk)
+    x_end = int(tx1.max())
+    n_px_cols = (tx1 - tx0)[None, :]
+    # exact integer n * sum(x**2) - sum(x)**2 needs n**2 * max**2 < 2**63
+    max_v = float(np.iinfo(dtype).max) if integer else 0.0
+    n_max = float((ty1 - ty0).max() * n_px_cols.max())
+    exact = integer and (n_max * max_v) ** 2 < 2.0**62
+    row_px = max(1, x_end * n_ch)
+    budget_rows = max(1, MASK_BLOCK_VALUES // row_px)  # pixel rows per block
     keep = np.zeros(grid.n_tiles, dtype=bool)
-    boxes = grid.boxes()  # level-0
-    for r in range(grid.n_rows):
-        row = boxes[r * grid.n_cols : (r + 1) * grid.n_cols]
-        y0, y1 = int(row[0, 0] // d), int(math.ceil(row[0, 2] / d))
-        x0, x1 = int(row[0, 1] // d), int(math.ceil(row[-1, 3] / d))
-        band = np.asarray(arr[y0:y1, x0:x1].compute(scheduler="synchronous")).astype(np.float32)
-        for c_i, b in enumerate(row):
-            bx0, bx1 = int(b[1] // d) - x0, int(math.ceil(b[3] / d)) - x0
-            px = band[:, bx0:bx1]
-            colour = px[..., : n_ch - 1] if has_alpha else px
-            textured = bool((colour.reshape(-1, colour.shape[-1]).std(axis=0) * scale >= min_std).any())
-            opaque = (not has_alpha) or bool(px[..., -1].max() > 0)
-            keep[r * grid.n_cols + c_i] = textured and opaque
-        report(progress, r + 1, grid.n_rows, "mask")
+    r0 = 0
+    while r0 < grid.n_rows:
+        r1 = r0 + 1  # at least one row of tiles, more while the band stays in budget
+        while r1 < grid.n_rows and ty1[r1] - ty0[r0] <= budget_rows:
+            r1 += 1
+        ya, yb = int(ty0[r0]), int(ty1[r0:r1].max())
+        band = np.asarray(arr[ya:yb, :x_end].compute(scheduler="synchronous"))
+        ry, rx = (ty0[r0:r1] - ya, ty1[r0:r1] - ya), (tx0, tx1)
+        n = (ty1[r0:r1] - ty0[r0:r1])[:, None] * n_px_cols  # (rows, cols) pixels per tile
+        colour = band[..., :n_colour]
+        s1 = _box_sums(colour, ry, rx, acc)
+        s2 = _box_sums(np.square(colour, dtype=square_dtype), ry, rx, acc)
+        nn = n[..., None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if exact:
+                var_n2 = (nn * s2 - s1 * s1).astype(np.float64)  # exact integers
+                std = np.sqrt(var_n2) / nn
+            else:
+                mean = s1 / nn
+                std = np.sqrt(np.maximum(s2 / nn - mean * mean, 0.0))
+            textured = (std * scale >= min_std).any(axis=-1)  # NaN (empty tile) is never textured
+        if has_alpha:
+            opaque = _box_sums(band[..., -1:] > 0, ry, rx, np.int64)[..., 0] > 0
+            textured &= opaque
+        keep[r0 * grid.n_cols : r1 * grid.n_cols] = textured.ravel()
+        report(progress, r1, grid.n_rows, "mask")
+        r0 = r1
     return keep
 
 

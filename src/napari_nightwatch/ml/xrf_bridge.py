@@ -24,7 +24,8 @@ Store layout written here::
                                 element_names, target_mean/std, validation, history
       encoder                   (nbytes,) uint8  safetensors of the spectrum encoder
       head                      (nbytes,) uint8  safetensors of the inverse head ensemble
-      split                     (n_tiles,) int8  -1 unpaired, 0 train, 1 val, 2 test
+      split                     (n_tiles,) int8  -1 unpaired (or left out: overlaps a held-out
+                                tile), 0 train, 1 val, 2 test
       bank_tiles                (n_train,) int64 training tiles (joint-space bank)
       bank_vectors              (n_train, dim) float16 encoder embeddings of their spectra
       bank_elements             (n_train, c) float32 their element intensities
@@ -189,7 +190,9 @@ def spatial_block_split(
     Returns
     -------
     numpy.ndarray
-        ``(len(tiles),)`` int8 of TRAIN, VAL, TEST.
+        ``(len(tiles),)`` int8 of TRAIN, VAL, TEST, and UNPAIRED for the tiles of an
+        overlapping grid (``stride < tile``) left out because they share pixels with a
+        tile of a held-out split (see :func:`_separate_overlapping_splits`).
     """
     tiles = np.asarray(tiles, dtype=np.int64)
     r, c = grid.row_col(tiles)
@@ -204,7 +207,7 @@ def spatial_block_split(
         n_val = max(1, int(round(0.2 * ub.size))) if ub.size > 1 else 0
         val_blocks = set(ub[:n_val].tolist())
         out[inside] = np.where(np.isin(block[inside], list(val_blocks)), VAL, TRAIN)
-        return out
+        return _separate_overlapping_splits(grid, tiles, out)
     ub = np.unique(block)
     rng.shuffle(ub)
     f = np.asarray(fractions, float) / np.sum(fractions)
@@ -215,7 +218,29 @@ def spatial_block_split(
     lab = np.empty(n, np.int8)
     lab[:n_train], lab[n_train : n_train + n_val], lab[n_train + n_val :] = TRAIN, VAL, TEST
     lookup = dict(zip(ub.tolist(), lab.tolist(), strict=True))
-    return np.array([lookup[b] for b in block.tolist()], dtype=np.int8)
+    return _separate_overlapping_splits(grid, tiles, np.array([lookup[b] for b in block.tolist()], dtype=np.int8))
+
+
+def _separate_overlapping_splits(grid: TileGrid, tiles: np.ndarray, split: np.ndarray) -> np.ndarray:
+    """Leave out (UNPAIRED) the tiles that share pixels with a tile of a more held-out split.
+
+    On an overlapping grid (``stride < tile``) the tiles along a block edge overlap the
+    next block's, so a test tile would be half made of a training tile's paint. Test
+    blocks are kept whole (the SSIM is measured per whole block); a validation tile
+    overlapping a test tile, and a training tile overlapping a validation or test
+    tile, are dropped instead. A grid without overlap is returned unchanged.
+    """
+    from scipy.ndimage import maximum_filter
+
+    reach = -(-grid.tile // grid.stride) - 1  # tiles this many rows/cols apart still overlap
+    if reach <= 0 or tiles.size == 0:
+        return split
+    r, c = grid.row_col(tiles)
+    labels = np.full(grid.shape, UNPAIRED, np.int8)
+    labels[r, c] = split
+    # TRAIN < VAL < TEST: the most held-out split among each tile's overlapping neighbours
+    strongest = maximum_filter(labels, size=2 * reach + 1, mode="constant", cval=UNPAIRED)
+    return np.where(strongest[r, c] > split, UNPAIRED, split).astype(np.int8)
 
 
 # ------------------------------------------------------------------------------- training
@@ -1103,7 +1128,7 @@ def predict_xrf_maps(
         "arrays": {"0": "best estimate per element (see methods)", "head": "regression head",
                    "joint": "joint-space prediction", "uncertainty": "one standard deviation",
                    "no_evidence": "1 = no evidence in the photograph", "measured": "paired measurement",
-                   "split": "-1 unpaired, 0 train, 1 val, 2 test"},
+                   "split": "-1 unpaired or left out (overlaps a held-out tile), 0 train, 1 val, 2 test"},
     }
     _remove_part(store, part)
     try:
