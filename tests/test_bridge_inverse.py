@@ -62,18 +62,10 @@ def test_spectrum_to_tile_retrieval_precision(trained):
     emb = B.open_tile_embeddings(store)
     vectors = emb.read(emb.available)
     labels, _ = gt.tile_labels(emb.grid.boxes(emb.available))
-    sl, sp = gt.surface_labels_xrf, gt.surface_purity_xrf
-    ny, nx = sl.shape
     rng = np.random.default_rng(0)
     precisions = {"pixel": [], "region": []}
-    for p in np.unique(sl):
-        # query pixels whose whole 3x3 neighbourhood is this pigment, so a region query asks for it alone
-        pure = (sl == p) & (sp >= 0.9)
-        core = np.zeros_like(pure)
-        core[1:-1, 1:-1] = np.all([pure[1 + dy : ny - 1 + dy, 1 + dx : nx - 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0)
-        yy, xx = np.nonzero(core & (sp >= 0.99))
-        ok = (yy > 0) & (xx > 0) & (yy < ny - 2) & (xx < nx - 2)
-        yy, xx = yy[ok], xx[ok]
+    for p in np.unique(gt.surface_labels_xrf):
+        yy, xx = gt.pure_xrf_pixels(p)
         if len(yy) < 3:
             continue
         for i in rng.choice(len(yy), min(3, len(yy)), replace=False):

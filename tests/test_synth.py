@@ -359,3 +359,15 @@ def test_family_counts_match_the_cube(gt, cube, synthetic_store):
     assert 0.93 < ratio < 1.07, ratio
     with pytest.raises(NightwatchError, match="not simulated"):
         gt.family_counts("Zn-K")
+
+
+def test_pure_xrf_pixels_have_a_pure_neighbourhood(gt):
+    sl, sp = gt.surface_labels_xrf, gt.surface_purity_xrf
+    found = 0
+    for p in np.unique(sl):
+        yy, xx = gt.pure_xrf_pixels(p)
+        for y, x in zip(yy, xx, strict=True):
+            assert (sl[y - 1 : y + 2, x - 1 : x + 2] == p).all() and sp[y, x] >= 0.99
+            assert 0 < y < sl.shape[0] - 2 and 0 < x < sl.shape[1] - 2
+        found += len(yy)
+    assert found > 0

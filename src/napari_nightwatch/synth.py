@@ -804,6 +804,24 @@ class GroundTruth:
         """Elements of one pigment."""
         return list(self.pigments[pigment_index(name)]["composition"])
 
+    def pure_xrf_pixels(self, pigment: int, min_purity: float = 0.99) -> tuple[np.ndarray, np.ndarray]:
+        """XRF pixels (y, x) of one surface pigment whose whole 3x3 neighbourhood is that pigment.
+
+        Spectrum queries from these pixels, or from the 3x3 region around them, ask for
+        that pigment alone; pixels on the outer two rows/columns are left out so the
+        region stays inside the scan.
+        """
+        sl, sp = self.surface_labels_xrf, self.surface_purity_xrf
+        ny, nx = sl.shape
+        pure = (sl == pigment) & (sp >= 0.9)
+        core = np.zeros_like(pure)
+        core[1:-1, 1:-1] = np.all(
+            [pure[1 + dy : ny - 1 + dy, 1 + dx : nx - 1 + dx] for dy in (-1, 0, 1) for dx in (-1, 0, 1)], axis=0
+        )
+        yy, xx = np.nonzero(core & (sp >= min_purity))
+        ok = (yy > 0) & (xx > 0) & (yy < ny - 2) & (xx < nx - 2)
+        return yy[ok], xx[ok]
+
     def tile_labels(self, boxes: np.ndarray, layer: int = 2) -> tuple[np.ndarray, np.ndarray]:
         """Majority pigment and its area fraction for each ``(y0, x0, y1, x1)`` level-0 box.
 
