@@ -53,7 +53,7 @@ def truth(indexed):
 def _precision_at_10(store, model, grid_id, model_id, truth) -> tuple[float, float]:
     """Mean precision@10 of same-surface-pigment hits for exemplar-region queries on pure tiles, and chance."""
     emb = open_embeddings(store, grid_id, model_id)
-    g = emb.grid()
+    g = emb.grid
     labels, purity = truth.tile_labels(g.boxes())
     queries = [t for t in np.flatnonzero(purity >= 0.95)][::3]
     prec, cache = [], {}
@@ -68,7 +68,7 @@ def _precision_at_10(store, model, grid_id, model_id, truth) -> tuple[float, flo
 
 
 def test_region_query_returns_its_own_tile_first(indexed):
-    g = open_embeddings(indexed, GRID, ENC.model_id).grid()
+    g = open_embeddings(indexed, GRID, ENC.model_id).grid
     for t in (0, 77, 255):
         box = tuple(int(v) for v in g.boxes([t])[0])
         hits = search(indexed, region_vector(indexed, ENC, GRID, box), grid_id=GRID, model_id=ENC.model_id, k=5)
@@ -115,7 +115,7 @@ def test_text_query_templates_and_empty_text():
 
 def test_combine_like_a_not_like_b(indexed, truth):
     emb = open_embeddings(indexed, GRID, ENC.model_id)
-    g = emb.grid()
+    g = emb.grid
     labels, purity = truth.tile_labels(g.boxes())
     pure = np.flatnonzero(purity >= 0.95)
     a = pure[0]
@@ -140,7 +140,7 @@ def test_combine_like_a_not_like_b(indexed, truth):
 def test_image_exemplar_and_non_image_file(indexed, tmp_path):
     from PIL import Image
 
-    g = open_embeddings(indexed, GRID, ENC.model_id).grid()
+    g = open_embeddings(indexed, GRID, ENC.model_id).grid
     y0, x0, y1, x1 = g.boxes([123])[0]
     crop = np.asarray(indexed.mosaic_levels()[0][y0:y1, x0:x1])
     Image.fromarray(crop).save(tmp_path / "detail.png")
@@ -182,7 +182,7 @@ def test_model_with_another_signature_is_refused(indexed):
 
 def test_multi_store_search_merges_by_score(indexed, tmp_path):
     twin = copy_store(indexed, tmp_path / "twin.nightwatch.zarr")
-    g = open_embeddings(indexed, GRID, ENC.model_id).grid()
+    g = open_embeddings(indexed, GRID, ENC.model_id).grid
     q = region_vector(indexed, ENC, GRID, tuple(g.boxes([42])[0]))
     hits = search([indexed, twin.path], q, grid_id=GRID, model_id=ENC.model_id, k=6)
     assert [h.rank for h in hits] == list(range(1, 7))

@@ -212,7 +212,7 @@ def _cmd_search(args) -> dict:
         box = None
         if args.region is not None:
             box = _floats(args.region, 4, "--region")
-            inside = emb.grid().tiles_in_box(region_box_px(first, box, "um" if args.um else "px"))
+            inside = emb.grid.tiles_in_box(region_box_px(first, box, "um" if args.um else "px"))
             need_model = need_model or inside.size == 0  # a region smaller than a tile is embedded by the model
         if need_model:
             model = _search_model(args, emb.signature)
@@ -328,7 +328,7 @@ def _cmd_train_xrf(args) -> dict:
         cb(done, total, name)
 
     try:
-        out = train_xrf_bridge(store, grid_id=args.grid, image_model_id=args.model, epochs=args.epochs,
+        out = train_xrf_bridge(store, grid_id=args.grid, image_model_id=args.model_id, epochs=args.epochs,
                                train_region=_box_arg(args.train_region, "--train-region"), seed=args.seed,
                                threads=args.threads, progress=progress)
     finally:
@@ -495,7 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("train-xrf", _cmd_train_xrf, "train the spectrum encoder and inverse head on tiles paired with XRF")
     sp.add_argument("store", type=Path)
     sp.add_argument("--grid", default=None, help="grid id (default: the only one with embeddings)")
-    sp.add_argument("--model", default=None, help="image model id of the embeddings (default: the only one)")
+    sp.add_argument("--model-id", default=None, help="image model id of the embeddings (default: the only one)")
     sp.add_argument("--epochs", type=int, default=200, help="maximum epochs (early stopping on validation retrieval)")
     sp.add_argument("--train-region", default=None, metavar="Y0,X0,Y1,X1",
                     help="train only on tiles inside this level-0 box; everything outside is held out")

@@ -29,6 +29,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -948,3 +949,150 @@ def _record_run(store, path, timer, wall, engine, batch_size, n_workers) -> None
     meta["run"] = {"device": getattr(engine, "device", None), "precision": getattr(engine, "precision", None),
                    "batch_size": int(batch_size), "workers": int(n_workers)}
     g.attrs["nightwatch"] = _jsonable(meta)
+
+
+# ----------------------------------------------------------- opening embeddings for search and the XRF bridge
+#: rows read from the store in one go
+READ_ROWS = 65_536
+
+
+def unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Rows rescaled to unit length (zero rows stay zero).
+
+    Stored float16 embeddings are unit only to ~1e-4; without this a near-duplicate
+    of a slightly longer norm could outscore a tile's match with itself.
+    """
+    rows = np.asarray(rows, dtype=np.float32)
+    n = np.linalg.norm(rows, axis=-1, keepdims=True)
+    return np.divide(rows, n, out=np.zeros_like(rows), where=n > 0)
+
+
+def available_embeddings(store: PaintingStore) -> dict[str, list[str]]:
+    """``{grid_id: [model_id, ...]}`` of the embeddings a store holds."""
+    out: dict[str, list[str]] = {}
+    if not store.has("grids"):
+        return out
+    for gid, g in sorted(store.root["grids"].groups()):
+        models = sorted(m for m, _ in g["embeddings"].groups()) if "embeddings" in g else []
+        out[gid] = models
+    return out
+
+
+def _describe(avail: dict[str, list[str]]) -> str:
+    if not avail or not any(avail.values()):
+        return "it holds no embeddings yet (run `nightwatch embed`)"
+    parts = [f"grid {g}: {', '.join(m) if m else 'no models'}" for g, m in avail.items()]
+    return "it holds " + "; ".join(parts)
+
+
+def resolve_grid_model(
+    store: PaintingStore, grid_id: str | None = None, model_id: str | None = None
+) -> tuple[str, str]:
+    """The (grid_id, model_id) to use: the given ones, or the only ones the store holds.
+
+    Raises
+    ------
+    NightwatchError
+        When the asked embeddings are absent or the choice is ambiguous; the sentence
+        lists the grids and models that exist.
+    """
+    avail = available_embeddings(store)
+    grids = [g for g in avail if avail[g]] if grid_id is None else [grid_id]
+    if grid_id is None and len(grids) != 1:
+        if not grids:
+            raise NightwatchError(f"{store.path} has no embeddings to search; {_describe(avail)}.")
+        raise NightwatchError(f"{store.path} has several grids; choose one with --grid ({_describe(avail)}).")
+    gid = grids[0]
+    if gid not in avail:
+        raise NightwatchError(f"{store.path} has no grid {gid!r}; {_describe(avail)}.")
+    models = avail[gid]
+    if model_id is None:
+        if len(models) != 1:
+            if not models:
+                raise NightwatchError(f"{store.path} has no embeddings on grid {gid!r}; {_describe(avail)}.")
+            raise NightwatchError(
+                f"{store.path} has several models on grid {gid!r}; choose one with --model-id ({_describe(avail)})."
+            )
+        return gid, models[0]
+    if model_id not in models:
+        raise NightwatchError(
+            f"{store.path} has no embeddings for model {model_id!r} on grid {gid!r}; {_describe(avail)}."
+        )
+    return gid, model_id
+
+
+@dataclass
+class Embeddings:
+    """Handle on ``grids/<grid_id>/embeddings/<model_id>`` (nothing loaded yet)."""
+
+    store: PaintingStore
+    grid_id: str
+    model_id: str
+    vectors: Any  # zarr array (n_tiles, dim) float16
+    keep: np.ndarray
+    done_tiles: np.ndarray  # (n_tiles,) bool: tile lies in a finished chunk
+    attrs: dict
+    grid_attrs: dict
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def signature(self) -> dict:
+        return dict(self.attrs.get("signature", {}))
+
+    @property
+    def available(self) -> np.ndarray:
+        """Tile indices that are kept and embedded."""
+        return np.flatnonzero(self.keep & self.done_tiles)
+
+    def read(self, tiles: np.ndarray) -> np.ndarray:
+        """float32 ``(len(tiles), dim)`` unit rows for sorted tile indices, read chunk-wise."""
+        tiles = np.asarray(tiles, dtype=np.int64)
+        if tiles.size == 0:
+            return np.zeros((0, self.dim), np.float32)
+        lo, hi = int(tiles.min()), int(tiles.max()) + 1
+        if hi - lo <= 4 * tiles.size + READ_ROWS:
+            rows = np.asarray(self.vectors[lo:hi], dtype=np.float32)[tiles - lo]
+        else:
+            rows = np.asarray(self.vectors.get_orthogonal_selection((tiles, slice(None))), dtype=np.float32)
+        return unit_rows(rows)
+
+    @property
+    def grid(self) -> TileGrid:
+        """The tile grid, with the store's keep-mask."""
+        return TileGrid.from_attrs(self.grid_attrs["grid"], keep=self.keep)
+
+
+def open_embeddings(store: PaintingStore, grid_id: str | None = None, model_id: str | None = None) -> Embeddings:
+    """Open the embeddings of ``grid_id``/``model_id``, with a sentence listing what exists if absent."""
+    gid, mid = resolve_grid_model(store, grid_id, model_id)
+    g = store.root[f"grids/{gid}"]
+    e = g[f"embeddings/{mid}"]
+    if "vectors" not in e:
+        raise NightwatchError(f"The embeddings {gid}/{mid} in {store.path} have no vectors yet; run `nightwatch embed`.")
+    vectors = e["vectors"]
+    n_tiles = int(vectors.shape[0])
+    keep = np.asarray(g["keep"][...], dtype=bool) if "keep" in g else np.ones(n_tiles, bool)
+    attrs = dict(e.attrs.get("nightwatch", {}))
+    emb = Embeddings(store, gid, mid, vectors, keep, done_tiles(e, n_tiles), attrs, dict(g.attrs.get("nightwatch", {})))
+    _check_against_store(emb)
+    return emb
+
+
+def _check_against_store(emb: Embeddings) -> None:
+    """Raise when the embeddings were made from another mosaic, grid or mask than the store holds now."""
+    sig = emb.signature
+    if not sig or "grid" not in emb.grid_attrs:
+        return
+    grid = emb.grid
+    current = {"grid": grid.to_attrs(), "keep_sha1": keep_digest(grid)}
+    if emb.store.has_mosaic:
+        current["source"] = source_signature(emb.store)
+    bad = signature_mismatch(sig, {k: v for k, v in current.items() if k in sig})
+    if bad:
+        raise NightwatchError(
+            f"The embeddings {emb.grid_id}/{emb.model_id} of {emb.store.path} do not match the store: {bad}; "
+            "re-embed with `nightwatch embed --overwrite`."
+        )

@@ -44,7 +44,6 @@ Store layout written here::
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ import numpy as np
 from ..core.errors import NightwatchError
 from ..core.progress import ProgressCallback, report
 from ..core.tiling import TileGrid
-from .embed import done_tiles
+from .embed import Embeddings, open_embeddings
 from .spectrum_encoder import SpectrumEncoderConfig
 
 #: splits of the paired tiles
@@ -67,83 +66,14 @@ MAX_RELATIVE_SPREAD = 0.25
 
 
 # ------------------------------------------------------------------------------- embeddings
-@dataclass
-class TileEmbeddings:
-    """Image embeddings of one grid and model, read from ``grids/<gid>/embeddings/<mid>``."""
-
-    grid_id: str
-    model_id: str
-    grid: TileGrid
-    vectors: Any  # zarr array (n_tiles, dim)
-    available: np.ndarray  # tile indices kept and embedded
-    signature: dict
-
-    @property
-    def dim(self) -> int:
-        return int(self.vectors.shape[1])
-
-    def read(self, tiles: np.ndarray) -> np.ndarray:
-        """float32 rows of the given (sorted) tiles."""
-        tiles = np.asarray(tiles, dtype=np.int64)
-        if tiles.size == 0:
-            return np.zeros((0, self.dim), np.float32)
-        lo, hi = int(tiles.min()), int(tiles.max()) + 1
-        return np.asarray(self.vectors[lo:hi], dtype=np.float32)[tiles - lo]
-
-
-def _embedding_choices(store) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    if store.has("grids"):
-        for gid, g in sorted(store.root["grids"].groups()):
-            out[gid] = sorted(m for m, _ in g["embeddings"].groups()) if "embeddings" in g else []
-    return out
-
-
-def _describe(avail: dict[str, list[str]]) -> str:
-    if not any(avail.values()):
-        return "it holds no tile embeddings yet (run `nightwatch embed`)"
-    return "it holds " + "; ".join(f"grid {g}: {', '.join(m) or 'no models'}" for g, m in avail.items())
-
-
-def open_tile_embeddings(store, grid_id: str | None = None, model_id: str | None = None) -> TileEmbeddings:
+def open_tile_embeddings(store, grid_id: str | None = None, model_id: str | None = None) -> Embeddings:
     """The image embeddings to pair with XRF data (the only ones, or the named ones).
 
-    Parameters
-    ----------
-    store
-        Painting store.
-    grid_id, model_id
-        Grid and image model; each may be omitted when the store holds only one.
+    The same handle search uses (:func:`napari_nightwatch.ml.embed.open_embeddings`):
+    a missing or ambiguous choice is one sentence listing what the store holds, and
+    embeddings made from another mosaic, grid or mask are refused.
     """
-    avail = _embedding_choices(store)
-    grids = [g for g in avail if avail[g]] if grid_id is None else [grid_id]
-    if len(grids) != 1:
-        what = "no tile embeddings" if not grids else "several grids with embeddings"
-        raise NightwatchError(f"{store.path} has {what}; choose with --grid ({_describe(avail)}).")
-    gid = grids[0]
-    if gid not in avail:
-        raise NightwatchError(f"{store.path} has no tile grid {gid!r}; {_describe(avail)}.")
-    models = avail[gid]
-    if model_id is None:
-        if len(models) != 1:
-            raise NightwatchError(
-                f"{store.path} has {'no' if not models else 'several'} image models on grid {gid!r}; "
-                f"choose one with --model ({_describe(avail)})."
-            )
-        model_id = models[0]
-    if model_id not in models:
-        raise NightwatchError(f"{store.path} has no embeddings of model {model_id!r} on grid {gid!r}; {_describe(avail)}.")
-    g = store.root[f"grids/{gid}"]
-    e = g[f"embeddings/{model_id}"]
-    if "vectors" not in e:
-        raise NightwatchError(f"The embeddings {gid}/{model_id} in {store.path} have no vectors yet; run `nightwatch embed`.")
-    vectors = e["vectors"]
-    n = int(vectors.shape[0])
-    keep = np.asarray(g["keep"][...], dtype=bool) if "keep" in g else np.ones(n, bool)
-    attrs = dict(e.attrs.get("nightwatch", {}))
-    done = done_tiles(e, n)
-    grid = TileGrid.from_attrs(dict(g.attrs["nightwatch"])["grid"], keep=keep)
-    return TileEmbeddings(gid, model_id, grid, vectors, np.flatnonzero(keep & done), dict(attrs.get("signature", {})))
+    return open_embeddings(store, grid_id, model_id)
 
 
 _SIGNATURE_KEYS = ("model", "pretrained", "model_hash", "dim", "preprocessing")

@@ -247,7 +247,7 @@ def region_vector(
     if model is not None:
         check_signature(emb, dict(model.signature), f"model {model.model_id}")
     b = region_box_px(store, box, units)
-    g = emb.grid()
+    g = emb.grid
     inside = np.intersect1d(g.tiles_in_box(b, fully=True), emb.available)
     if inside.size:
         return _unit(emb.read(inside).mean(axis=0), f"mean embedding of the tiles in region {tuple(box)}")
@@ -517,7 +517,7 @@ def similarity_map(
     store = _as_store(store)
     emb = open_embeddings(store, grid_id, model_id)
     q = _query(query_vector, emb.dim, f"{store.path} ({emb.grid_id}/{emb.model_id})")
-    g = emb.grid()
+    g = emb.grid
     n = int(emb.vectors.shape[0])
     step = int(emb.vectors.chunks[0]) * max(1, 65_536 // int(emb.vectors.chunks[0]))
     scores = np.full(n, np.nan, np.float32)
