@@ -57,24 +57,8 @@ def retrieval_precision(store, bridge, gt, grid_tiles, vectors, labels, rng) -> 
     return out
 
 
-def hidden_lead(store, name, gt) -> dict[str, float]:
-    from napari_nightwatch.core.tiling import TileGrid
-    from napari_nightwatch.synth import pigment_index
-
-    g = store.root[f"predicted/{name}"]
-    a = dict(g.attrs["nightwatch"])
-    i = a["elements"].index("Pb-L")
-    pred, unc = np.asarray(g["0"][i]).ravel(), np.asarray(g["uncertainty"][i]).ravel()
-    flag, meas = np.asarray(g["no_evidence"][i]).ravel(), np.asarray(g["measured"][i]).ravel()
-    split = np.asarray(g["split"]).ravel()
-    lab, _ = gt.tile_labels(TileGrid.from_attrs(a["grid"]).boxes())
-    lead = [pigment_index(n) for n in ("lead white", "lead-tin yellow")]
-    sel = (split == 2) & ~np.isin(lab, lead) & np.isfinite(meas)
-    wrong = (flag[sel] == 0) & (np.abs(pred[sel] - meas[sel]) > 3 * unc[sel])
-    return {"n_tiles": int(sel.sum()), "flagged": float(flag[sel].mean()), "confidently_wrong": float(wrong.mean())}
-
-
 def run(engine, base: Path, work: Path, tile: int, gt) -> dict:
+    from _bridge_support import hidden_lead
     from napari_nightwatch.core.geometry import apply_affine
     from napari_nightwatch.ml.embed import embed_store, make_grid
     from napari_nightwatch.ml.xrf_bridge import (

@@ -83,3 +83,25 @@ def bridge_ready_store(path: Path, *, size: int = 512, seed: int = 0, tile: int 
     engine = ColourTextureEngine()
     embed_store(store, engine, grid, batch_size=256, num_workers=1)
     return store, gt, engine
+
+
+def hidden_lead(store, name: str, gt) -> dict[str, float]:
+    """How a prediction treats the lead of a hidden ground, on held-out tiles whose surface is not lead paint.
+
+    Returns the number of such tiles, the fraction flagged "no evidence", and the
+    fraction confidently wrong (not flagged, yet more than 3 sigma from the measurement).
+    """
+    from napari_nightwatch.core.tiling import TileGrid
+    from napari_nightwatch.synth import pigment_index
+
+    g = store.root[f"predicted/{name}"]
+    a = dict(g.attrs["nightwatch"])
+    i = a["elements"].index("Pb-L")
+    pred, unc = np.asarray(g["0"][i]).ravel(), np.asarray(g["uncertainty"][i]).ravel()
+    flag, meas = np.asarray(g["no_evidence"][i]).ravel(), np.asarray(g["measured"][i]).ravel()
+    split = np.asarray(g["split"]).ravel()
+    lab, _ = gt.tile_labels(TileGrid.from_attrs(a["grid"]).boxes())
+    lead = [pigment_index(n) for n in ("lead white", "lead-tin yellow")]
+    sel = (split == 2) & ~np.isin(lab, lead) & np.isfinite(meas)
+    wrong = (flag[sel] == 0) & (np.abs(pred[sel] - meas[sel]) > 3 * unc[sel])
+    return {"n_tiles": int(sel.sum()), "flagged": float(flag[sel].mean()), "confidently_wrong": float(wrong.mean())}

@@ -73,3 +73,4 @@ def check_responsive(what: str, runner, idle_ms: float) -> None:
 def private_config_dir(tmp_path, monkeypatch):
     """Widgets remember their settings in a per-test folder, never in the user's config."""
     monkeypatch.setenv("NAPARI_NIGHTWATCH_CONFIG_DIR", str(tmp_path / "config"))
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -69,10 +70,17 @@ def synthetic_store(synthetic_store_factory):
 @pytest.fixture
 def synthetic_store_rw(synthetic_store, tmp_path):
     """A private, writable copy of ``synthetic_store`` (for tests that add parts to it)."""
-    import shutil
 
     from napari_nightwatch.project import PaintingStore
 
     dst = tmp_path / synthetic_store.path.name
     shutil.copytree(synthetic_store.path, dst)
     return PaintingStore.open(dst, mode="r+")
+
+
+@pytest.fixture
+def store_copy(prepared, tmp_path):
+    """A private copy of the requesting module's ``prepared`` painting (path, ground truth), for tests that write to it."""
+    path = tmp_path / "p.nightwatch.zarr"
+    shutil.copytree(prepared[0], path)
+    return path, prepared[1]

@@ -8,12 +8,14 @@ test compares the stored affine with the painting's true one.
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
-from _napari_support import click_and_wait, prepare_painting, private_config_dir  # noqa: F401 (autouse fixture)
+from _napari_support import (  # noqa: F401 (fixtures)
+    click_and_wait,
+    prepare_painting,
+    private_config_dir,
+)
 
 GRID = "L0-t16-s16"
 MODEL = "nightwatch-tiny__none"
@@ -28,13 +30,6 @@ def prepared(synthetic_store_factory, tmp_path_factory):
     path = prepare_painting(synthetic_store_factory(256, 0), tmp_path_factory.mktemp("sources") / "p.nightwatch.zarr",
                             search_grid=False, bridge_epochs=2)
     return path, load_ground_truth(path)
-
-
-@pytest.fixture
-def store_copy(prepared, tmp_path):
-    path = tmp_path / "p.nightwatch.zarr"
-    shutil.copytree(prepared[0], path)
-    return path, prepared[1]
 
 
 @pytest.fixture

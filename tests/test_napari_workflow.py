@@ -7,12 +7,10 @@ bridge). Each test works on its own copy.
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
-from _napari_support import (  # noqa: F401 (autouse fixture)
+from _napari_support import (  # noqa: F401 (fixtures)
     FAMILIES,
     check_responsive,
     idle_gap_ms,
@@ -32,13 +30,6 @@ def prepared(synthetic_store_factory, tmp_path_factory):
     path = prepare_painting(synthetic_store_factory(256, 0),
                             tmp_path_factory.mktemp("workflow") / "painting.nightwatch.zarr")
     return path, load_ground_truth(path)
-
-
-@pytest.fixture
-def store_copy(prepared, tmp_path):
-    path = tmp_path / "p.nightwatch.zarr"
-    shutil.copytree(prepared[0], path)
-    return path, prepared[1]
 
 
 @pytest.fixture
