@@ -37,8 +37,3 @@ def micrometre_affine(affine_to_level0: np.ndarray, pixel_size_um: float) -> np.
     """Compose an affine into level-0 pixels with the mosaic's pixel size (-> micrometres)."""
     s = np.diag([pixel_size_um, pixel_size_um, 1.0])
     return s @ affine_to_level0
-
-
-def box_from_points(y0: float, x0: float, y1: float, x1: float) -> tuple[float, float, float, float]:
-    """Order a box's corners so that ``y0 <= y1`` and ``x0 <= x1``."""
-    return (min(y0, y1), min(x0, x1), max(y0, y1), max(x0, x1))

@@ -20,7 +20,6 @@ estimator); reduced chi-square is Pearson's ``sum (y - m)^2 / max(m, 1) / dof``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -537,18 +536,6 @@ def fit_cube(cube, model: FitModel):
     return arr.map_blocks(
         fit_block, model, dtype=np.float32, chunks=arr.chunks[:2] + ((n_out,),), meta=np.empty((0, 0, 0), np.float32)
     )
-
-
-def spectra_per_second(n_spectra: int, seconds: float) -> float:
-    """Throughput, guarded against a zero time."""
-    return float(n_spectra) / max(seconds, 1e-9)
-
-
-def timed_fit(spectra: np.ndarray, model: FitModel) -> tuple[SpectraFit, float]:
-    """:func:`fit_spectra` and its wall time in seconds (for benchmarks)."""
-    t0 = time.perf_counter()
-    res = fit_spectra(spectra, model)
-    return res, time.perf_counter() - t0
 
 
 __all__ = [

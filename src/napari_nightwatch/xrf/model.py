@@ -320,29 +320,6 @@ def pileup_template(
     return t / total if total > 0 else t
 
 
-def spectrum_model(
-    energies_kev: np.ndarray,
-    families: Sequence[LineFamily],
-    areas: Sequence[float],
-    detector: Detector | None = None,
-    scatter_areas: Sequence[float] | None = None,
-    continuum_area: float = 0.0,
-    excitation_kev: float = 50.0,
-) -> np.ndarray:
-    """Expected counts per channel: families + scatter + continuum (for tests and simulation)."""
-    det = detector or Detector()
-    e = _check_axis(energies_kev)
-    out = np.zeros(e.size)
-    for fam, a in zip(families, areas, strict=True):
-        out += float(a) * family_template(fam, e, det)
-    if scatter_areas is not None:
-        s = scatter_templates(e, det)
-        out += np.asarray(scatter_areas, dtype=np.float64) @ s
-    if continuum_area:
-        out += continuum_area * continuum(e, excitation_kev)
-    return out
-
-
 def simulate_spectra(
     energies_kev: np.ndarray,
     families: Sequence[LineFamily],
