@@ -39,6 +39,7 @@ def test_aligned_tiles_average_their_xrf_pixels_exactly():
     # tile (r, c) covers XRF pixels 2r..2r+1, 2c..2c+1
     r, c = grid.row_col(tiles)
     expect = np.stack([cube[2 * i : 2 * i + 2, 2 * j : 2 * j + 2].reshape(-1, 32).mean(0) for i, j in zip(r, c, strict=True)])
+    # float32 means of 4 values ~50: rounding is ~50 * 6e-8 = 3e-6 per step, far below 1e-4
     assert np.allclose(spectra, expect, atol=1e-4)
 
 
@@ -64,6 +65,8 @@ def test_rotated_footprints_match_a_dense_reference_and_skip_tiles_outside():
     # chunked product over cube row blocks = dense product
     cube = np.random.default_rng(1).random((*shape, 24)).astype(np.float32)
     got = pair_cube(w, cube)
+    # float32 cube values in [0, 1), sums of < 10 shares: float32 summation order moves a
+    # value by ~10 * 6e-8; rtol 1e-4 / atol 1e-5 leave two orders of magnitude for any order
     assert np.allclose(got, dense @ cube.reshape(-1, 24), rtol=1e-4, atol=1e-5)
 
 

@@ -18,7 +18,7 @@ from ..core.errors import NightwatchError
 from ..core.spectra import EnergyCalibration
 from .background import snip, snip_width_channels
 from .lines import LineFamily
-from .model import _MN_KA_KEV, RH_K_KEV, Detector, compton_energy_kev
+from .model import MN_KA_KEV, RH_K_KEV, Detector, compton_energy_kev
 
 _FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
 
@@ -376,7 +376,7 @@ def estimate_detector(
         noise2 = fwhm**2 - fano_part * e[p]
         if noise2 <= 0:
             continue
-        fwhm_mn.append(np.sqrt(noise2 + fano_part * _MN_KA_KEV) * 1000.0)
+        fwhm_mn.append(np.sqrt(noise2 + fano_part * MN_KA_KEV) * 1000.0)
     if not fwhm_mn:
         return det
     value = float(np.clip(np.median(fwhm_mn), 60.0, 600.0))

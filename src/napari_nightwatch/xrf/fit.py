@@ -68,30 +68,49 @@ class FitModel:
     background: str
     snip_width: int
     gram: np.ndarray = field(init=False, repr=False)
+    gram_scaled: np.ndarray = field(init=False, repr=False)
+    column_scale: np.ndarray = field(init=False, repr=False)
     projector: np.ndarray = field(init=False, repr=False)
     estimator_sq: np.ndarray = field(init=False, repr=False)
     nonneg: np.ndarray = field(init=False, repr=False)
     variance_matrix: np.ndarray = field(init=False, repr=False)
-    design_f32: np.ndarray = field(init=False, repr=False)
+    design_t: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        a = self.design
+        a = np.asarray(self.design, dtype=np.float64)
         aw = a * self.weights[:, None]
-        self.gram = a.T @ aw
-        self.projector = aw.astype(np.float32)
+        gram = a.T @ aw
+        # Jacobi scaling: unit-area peaks and wide background terms differ by orders of
+        # magnitude in weighted norm; solving in scaled units keeps the normal matrix's
+        # condition number down to what the overlap of the shapes really costs
+        # (non-negativity is unchanged by a positive diagonal scaling).
+        d = np.diag(gram)
+        if not np.all(d > 0):
+            raise NightwatchError("A fit term is zero over the fit range; it cannot be fitted.")
+        self.column_scale = 1.0 / np.sqrt(d)
+        self.gram = gram
+        self.gram_scaled = gram * np.outer(self.column_scale, self.column_scale)
+        # float64 so a pixel's right-hand side does not depend on which other pixels share
+        # its batch: float32 BLAS sums the channel products in a batch-size-dependent order
+        self.projector = aw
         try:
-            ginv = np.linalg.inv(self.gram)
+            ginv = np.linalg.inv(gram)
         except np.linalg.LinAlgError as exc:
             raise NightwatchError(
                 "The fit terms are linearly dependent on this energy axis (two families with identical lines?)."
             ) from exc
         m = ginv @ aw.T  # (k, E_fit) unconstrained estimator
-        self.estimator_sq = (m * m).astype(np.float64)
+        self.estimator_sq = m * m
         self.variance_matrix = self.estimator_sq @ a  # (k, k): var = x @ variance_matrix.T
-        self.design_f32 = np.ascontiguousarray(a.T, dtype=np.float32)
+        self.design_t = np.ascontiguousarray(a.T)
         # element families must be >= 0; scatter and smooth background terms are nuisance
         # terms left free, which lets the solver eliminate them exactly (Schur complement)
         self.nonneg = np.arange(a.shape[1]) < len(self.families)
+
+    @property
+    def condition_number(self) -> float:
+        """2-norm condition number of the (Jacobi-scaled) normal matrix the solver works on."""
+        return float(np.linalg.cond(self.gram_scaled))
 
     @property
     def n_families(self) -> int:
@@ -125,7 +144,7 @@ class FitModel:
         }
 
 
-def _bspline_basis(x: np.ndarray, n: int) -> np.ndarray:
+def bspline_basis(x: np.ndarray, n: int) -> np.ndarray:
     """(len(x), n) uniform cubic B-splines spanning ``x``: smooth non-negative bumps."""
     from scipy.interpolate import BSpline
 
@@ -136,6 +155,41 @@ def _bspline_basis(x: np.ndarray, n: int) -> np.ndarray:
     t = np.concatenate([lo - step * np.arange(k, 0, -1), inner, hi + step * np.arange(1, k + 1)])
     dm = BSpline.design_matrix(np.clip(x, lo, hi), t, k).toarray()
     return dm[:, k : k + n] if dm.shape[1] > n else dm
+
+
+def smooth_background_basis(shapes: np.ndarray, weights: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
+    """A weighted-orthonormal basis of the span of smooth background shapes.
+
+    The continuum, the mean spectrum's SNIP background and wide B-splines are nearly
+    collinear (the splines almost span the other two), which made the normal matrix
+    ill-conditioned (condition ~1e5) and the fitted areas sensitive to rounding. The
+    background terms are free nuisance terms, so any basis of the same span gives the
+    same family areas; an orthonormal one (under the fit weights) costs nothing in
+    conditioning. Directions with a singular value below ``rtol`` of the largest carry
+    no shape the data could tell apart from the others and are dropped.
+
+    Parameters
+    ----------
+    shapes
+        (channels, m) background shapes over the fit range.
+    weights
+        (channels,) least-squares weights of the fit.
+    rtol
+        Relative singular-value cut.
+
+    Returns
+    -------
+    np.ndarray
+        (channels, r) columns ``B`` with ``B^T W B = I``, ``r <= m``.
+    """
+    sw = np.sqrt(np.asarray(weights, dtype=np.float64))
+    u, sv, _ = np.linalg.svd(np.asarray(shapes, dtype=np.float64) * sw[:, None], full_matrices=False)
+    keep = sv > rtol * sv[0]
+    basis = u[:, keep] / sw[:, None]
+    # a sign convention so the basis (and the stored terms) is reproducible across LAPACKs
+    signs = np.sign(basis.sum(axis=0))
+    signs[signs == 0] = 1.0
+    return basis * signs
 
 
 def build_fit_model(
@@ -235,34 +289,6 @@ def build_fit_model(
             )
         if not np.isfinite(mean).all() or (mean < 0).any():
             raise NightwatchError("The mean spectrum contains NaN or negative counts.")
-    width = snip_width_channels(e, det)
-    if background == "basis":
-        cont = continuum(e, excitation_kev)[lo:hi]
-        if cont.sum() > 1e-6:
-            cols.append(cont / cont.sum())
-            term_names.append("continuum")
-        if mean is not None and mean.sum() > 0:
-            bg = snip(mean, width=min(width, (hi - lo) // 2 - 1))[lo:hi]
-            if bg.sum() > 0:
-                cols.append(bg / bg.sum())
-                term_names.append("mean-background")
-        basis = _bspline_basis(e[lo:hi], int(n_background))
-        for i in range(basis.shape[1]):
-            cols.append(basis[:, i] / basis[:, i].sum())
-            term_names.append(f"background-{i}")
-    if pileup and mean is not None and mean.sum() > 0:
-        from .model import pileup_template
-
-        # strongest families in the mean spectrum, from a quick non-negative fit
-        trial = batched_nnls((np.stack(cols, 1).T @ np.stack(cols, 1)), (mean[lo:hi] @ np.stack(cols, 1))[None])[0]
-        top = [int(i) for i in np.argsort(-trial[: len(families)])[:3] if trial[i] > 0]
-        for i, ti in enumerate(top):
-            for tj in top[i:]:
-                t = pileup_template(families[ti], families[tj], e, det)[lo:hi]
-                if t.sum() > 0.3:
-                    cols.append(t / t.sum())
-                    term_names.append(f"pileup-{families[ti].name}+{families[tj].name}")
-    design = np.stack(cols, axis=1)
     if mean is not None and mean.sum() > 0:
         # Poisson variance of the average pixel; a small floor keeps empty channels finite
         smooth = np.convolve(mean, np.ones(5) / 5, mode="same")[lo:hi]
@@ -271,6 +297,37 @@ def build_fit_model(
         weights /= weights.mean()
     else:
         weights = np.ones(hi - lo)
+    width = snip_width_channels(e, det)
+    if background == "basis":
+        shapes = []
+        cont = continuum(e, excitation_kev)[lo:hi]
+        if cont.sum() > 1e-6:
+            shapes.append(cont / cont.sum())
+        if mean is not None and mean.sum() > 0:
+            bg = snip(mean, width=min(width, (hi - lo) // 2 - 1))[lo:hi]
+            if bg.sum() > 0:
+                shapes.append(bg / bg.sum())
+        basis = bspline_basis(e[lo:hi], int(n_background))
+        shapes.extend(basis[:, i] / basis[:, i].sum() for i in range(basis.shape[1]))
+        smooth_terms = smooth_background_basis(np.stack(shapes, axis=1), weights)
+        for i in range(smooth_terms.shape[1]):
+            cols.append(smooth_terms[:, i])
+            term_names.append(f"background-{i}")
+    if pileup and mean is not None and mean.sum() > 0:
+        from .model import pileup_template
+
+        # strongest families in the mean spectrum, from a quick fit (families >= 0)
+        a0 = np.stack(cols, 1)
+        fam_mask = np.arange(a0.shape[1]) < len(families)
+        trial = batched_nnls(a0.T @ (a0 * weights[:, None]), ((mean[lo:hi] * weights) @ a0)[None], fam_mask)[0]
+        top = [int(i) for i in np.argsort(-trial[: len(families)])[:3] if trial[i] > 0]
+        for i, ti in enumerate(top):
+            for tj in top[i:]:
+                t = pileup_template(families[ti], families[tj], e, det)[lo:hi]
+                if t.sum() > 0.3:
+                    cols.append(t / t.sum())
+                    term_names.append(f"pileup-{families[ti].name}+{families[tj].name}")
+    design = np.stack(cols, axis=1)
     return FitModel(e, families, det, lo, hi, design, tuple(term_names), weights, background, width)
 
 
@@ -463,21 +520,24 @@ def fit_spectra(spectra: np.ndarray, model: FitModel, *, max_iter: int | None = 
         target = y - bg
     else:
         target = y
-    rhs = (target @ model.projector).astype(np.float64)
+    # float64 accumulation: the result of a pixel must not depend on its batch (see FitModel)
+    rhs = target.astype(np.float64) @ model.projector
     valid &= np.isfinite(rhs).all(axis=1)  # +inf counts
     if not valid.all():
         rhs[~valid] = 0.0
         target = np.where(valid[:, None], target, 0.0).astype(np.float32)
         if bg is not None:
             bg = np.where(valid[:, None], bg, 0.0).astype(np.float32)
-    x = batched_nnls(model.gram, rhs, model.nonneg, max_iter=max_iter)
+    # solve in Jacobi-scaled units (x = D z), then back to counts
+    scale = model.column_scale
+    x = batched_nnls(model.gram_scaled, rhs * scale, model.nonneg, max_iter=max_iter) * scale
     # Poisson propagation var(x_k) = sum_e M_ke^2 * expected_e, with expected = A x (+ bg):
     # the A x part collapses to a (k, k) matrix, so it costs nothing per channel
     var = x @ model.variance_matrix.T
     if bg is not None:
         var += bg.astype(np.float64) @ model.estimator_sq.T
     np.clip(var, 0.0, None, out=var)
-    work = x.astype(np.float32) @ model.design_f32  # (n, E_fit) fitted, then reused in place
+    work = x @ model.design_t  # (n, E_fit) fitted, then reused in place
     expected = work + bg if bg is not None else work
     denom = np.maximum(expected, 1.0)
     np.subtract(target, work, out=work)
@@ -485,7 +545,7 @@ def fit_spectra(spectra: np.ndarray, model: FitModel, *, max_iter: int | None = 
     np.divide(work, denom, out=work)
     n_active = (x[:, : model.n_families] > 0).sum(axis=1) + (model.n_terms - model.n_families)
     dof = np.maximum(model.hi - model.lo - n_active, 1)
-    chi2 = work.sum(axis=1, dtype=np.float64) / dof
+    chi2 = work.sum(axis=1) / dof
     nf = model.n_families
     areas = x[:, :nf].copy()
     sigma = np.sqrt(var[:, :nf])

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..core.errors import NightwatchError
 from .background import snip, snip_width_channels
-from .fit import _bspline_basis
+from .fit import bspline_basis
 from .lines import LineFamily, line_families
 from .model import RH_K_KEV, Detector, continuum, gaussian_peaks, pileup_template, scatter_templates
 
@@ -229,7 +229,7 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev) -> l
     if cont.sum() > 1e-6:
         nuis.append(cont / cont.sum())
     n_spline = int(np.clip((hi_e - lo_e) / 1.0, 6, 32))
-    basis = _bspline_basis(e[lo:hi], n_spline)
+    basis = bspline_basis(e[lo:hi], n_spline)
     nuis.extend(basis[:, i] / basis[:, i].sum() for i in range(basis.shape[1]))
     a = np.concatenate([a_fam, np.stack(nuis, axis=1)], axis=1)
     # Poisson weights of the measured counts (background included: it adds noise)

@@ -24,7 +24,8 @@ from ..core.errors import NightwatchError
 from .lines import LineFamily
 
 _SIGMA_PER_FWHM = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
-_MN_KA_KEV = 5.8988
+#: Mn K-alpha (keV): the energy at which detector resolution is quoted
+MN_KA_KEV = 5.8988
 _ELECTRON_MASS_KEV = 510.999
 #: Rh K-alpha1 and K-beta1 (keV): the usual MA-XRF tube anode
 RH_K_KEV = (20.216, 22.724)
@@ -65,7 +66,7 @@ class Detector:
     @property
     def noise_kev2(self) -> float:
         """Electronic-noise part of FWHM^2 (keV^2), from the width at Mn K-alpha."""
-        fano_part = (2.3548**2) * self.fano * self.pair_energy_ev * 1e-3 * _MN_KA_KEV
+        fano_part = (2.3548**2) * self.fano * self.pair_energy_ev * 1e-3 * MN_KA_KEV
         # a width below the Fano limit is physically impossible; clamp to a tiny noise
         return max((self.fwhm_mn_ka_ev * 1e-3) ** 2 - fano_part, 1e-6)
 
@@ -113,7 +114,8 @@ def _escape_reed_ware(energies: tuple[float, ...]) -> np.ndarray:
     return 0.5 * wk * (1.0 - 1.0 / jump) * (1.0 - r * np.log1p(1.0 / r))
 
 
-def _check_axis(energies_kev: np.ndarray) -> np.ndarray:
+def check_axis(energies_kev: np.ndarray) -> np.ndarray:
+    """The energy axis as float64, checked: 1-D, at least 8 channels, finite, increasing."""
     e = np.asarray(energies_kev, dtype=np.float64)
     if e.ndim != 1 or e.size < 8:
         raise NightwatchError(f"The energy axis must be a 1-D array of at least 8 channels; got shape {e.shape}.")
@@ -122,7 +124,8 @@ def _check_axis(energies_kev: np.ndarray) -> np.ndarray:
     return e
 
 
-def _channel_edges(e: np.ndarray) -> np.ndarray:
+def channel_edges(e: np.ndarray) -> np.ndarray:
+    """(E + 1,) channel boundaries: midpoints between centres, extrapolated at both ends."""
     mid = 0.5 * (e[1:] + e[:-1])
     return np.concatenate([[e[0] - (mid[0] - e[0])], mid, [e[-1] + (e[-1] - mid[-1])]])
 
@@ -149,8 +152,8 @@ def gaussian_peaks(
     """
     from scipy.special import erf
 
-    e = _check_axis(energies_kev)
-    edges = _channel_edges(e)
+    e = check_axis(energies_kev)
+    edges = channel_edges(e)
     c = np.asarray(centres_kev, dtype=np.float64)
     a = np.asarray(areas, dtype=np.float64)
     s = np.asarray(sigmas_kev, dtype=np.float64)
@@ -191,7 +194,7 @@ def family_template(fam: LineFamily, energies_kev: np.ndarray, detector: Detecto
         When none of the family's lines falls inside the energy axis.
     """
     det = detector or Detector()
-    e = _check_axis(energies_kev)
+    e = check_axis(energies_kev)
     ec = np.asarray(fam.energies_kev, dtype=np.float64)
     w = np.asarray(fam.intensities, dtype=np.float64)
     if fam.main_energy_kev < e[0] or fam.main_energy_kev > e[-1]:
@@ -248,7 +251,7 @@ def scatter_templates(
         Rows with less than 5% of their peak inside the axis are all zero.
     """
     det = detector or Detector()
-    e = _check_axis(energies_kev)
+    e = check_axis(energies_kev)
     tubes = np.atleast_1d(np.asarray(tube_kev, dtype=np.float64))
     if isinstance(angle_deg, (tuple, list)):
         a_lo, a_hi = float(angle_deg[0]), float(angle_deg[1])
@@ -293,7 +296,7 @@ def continuum(
     np.ndarray
         (E,) float64 summing to 1.
     """
-    e = _check_axis(energies_kev)
+    e = check_axis(energies_kev)
     ep = np.clip(e, 1e-3, None)
     shape = np.clip(excitation_kev - ep, 0.0, None) / ep * np.exp(-((absorption_kev / ep) ** 3))
     total = shape.sum()
@@ -309,7 +312,7 @@ def pileup_template(
 ) -> np.ndarray:
     """Unit-area sum (pile-up) peaks of two families: every pair of lines, weights multiplied."""
     det = detector or Detector()
-    e = _check_axis(energies_kev)
+    e = check_axis(energies_kev)
     ea, wa = np.asarray(fam_a.energies_kev), np.asarray(fam_a.intensities)
     eb, wb = np.asarray(fam_b.energies_kev), np.asarray(fam_b.intensities)
     centres = (ea[:, None] + eb[None, :]).ravel()
@@ -358,7 +361,7 @@ def simulate_spectra(
         (n, E) float32 counts.
     """
     det = detector or Detector()
-    e = _check_axis(energies_kev)
+    e = check_axis(energies_kev)
     a = np.atleast_2d(np.asarray(areas, dtype=np.float64))
     t = np.stack([family_template(f, e, det) for f in families])
     lam = a @ t

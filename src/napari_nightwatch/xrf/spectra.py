@@ -151,18 +151,18 @@ def rebin_spectrum(
     np.ndarray
         (M,) counts per target channel.
     """
-    from .model import _channel_edges, _check_axis
+    from .model import channel_edges, check_axis
 
     c = np.asarray(counts, dtype=np.float64)
-    es = _check_axis(source_energies_kev)
-    et = _check_axis(target_energies_kev)
+    es = check_axis(source_energies_kev)
+    et = check_axis(target_energies_kev)
     if c.shape != es.shape:
         raise NightwatchError(f"The spectrum has {c.size} channels but its energy axis has {es.size}.")
     if not np.isfinite(c).all():
         raise NightwatchError("The spectrum contains NaN or infinite counts.")
     cum = np.concatenate([[0.0], np.cumsum(c)])
-    edges_s = _channel_edges(es)
-    edges_t = _channel_edges(et)
+    edges_s = channel_edges(es)
+    edges_t = channel_edges(et)
     at = np.interp(edges_t, edges_s, cum, left=0.0, right=cum[-1])
     return np.diff(at)
 
