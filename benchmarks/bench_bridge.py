@@ -36,7 +36,7 @@ SURFACE_ELEMENTS = ("Hg-L", "Cu-K", "Co-K", "Fe-K", "Sn-K")
 
 
 def retrieval_precision(store, bridge, gt, grid_tiles, vectors, labels, rng) -> dict[str, float]:
-    from napari_nightwatch.ml.xrf_bridge import query_input
+    from napari_nightwatch.ml.bridge import query_input
 
     out = {}
     for mode in ("pixel", "region"):
@@ -60,14 +60,15 @@ def retrieval_precision(store, bridge, gt, grid_tiles, vectors, labels, rng) -> 
 def run(engine, base: Path, work: Path, tile: int, gt) -> dict:
     from _bridge_support import hidden_lead
     from napari_nightwatch.core.geometry import apply_affine
-    from napari_nightwatch.ml.embed import embed_store, make_grid
-    from napari_nightwatch.ml.xrf_bridge import (
+    from napari_nightwatch.ml.bridge import (
         load_xrf_bridge,
         open_tile_embeddings,
         predict_xrf_maps,
         train_xrf_bridge,
     )
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.ml.embed import embed_store
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.tiles import make_grid
 
     path = work / f"{engine.model_id}.nightwatch.zarr"
     shutil.copytree(base, path)

@@ -47,8 +47,8 @@ def textured_mosaic(size: int, seed: int = 0) -> np.ndarray:
 
 
 def make_store(path: Path, size: int, seed: int = 0):
-    from napari_nightwatch.io.mosaic import write_mosaic_array
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.sources import write_mosaic_array
 
     store = PaintingStore.create(path, overwrite=True)
     write_mosaic_array(store, textured_mosaic(size, seed), pixel_size_um=5.0, source=f"bench {size}px",
@@ -95,8 +95,9 @@ def rss_child(store_path: str, model: str, batch_size: int, device: str, threads
     import torch
 
     torch.set_num_threads(threads)
-    from napari_nightwatch.ml.embed import embed_store, make_grid
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.ml.embed import embed_store
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.tiles import make_grid
 
     store = PaintingStore.open(store_path, mode="r+")
     engine = _load(model, device)
@@ -137,7 +138,7 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from napari_nightwatch.ml.embed import make_grid
+    from napari_nightwatch.store.tiles import make_grid
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_embed_"))
     store = make_store(tmp / "tput.nightwatch.zarr", args.size)

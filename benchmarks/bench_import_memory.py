@@ -23,7 +23,7 @@ from pathlib import Path
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from napari_nightwatch.io.mosaic import import_mosaic
+from napari_nightwatch.store.sources import import_mosaic
 src, out, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
 t0 = time.perf_counter()
 if src != "-":

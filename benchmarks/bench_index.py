@@ -53,7 +53,8 @@ def single_query_latencies(search, queries: np.ndarray, k: int) -> np.ndarray:
 def main() -> None:
     import faiss
 
-    from napari_nightwatch.search.index import choose_index, index_from_vectors, recall_at_k, unit_rows
+    from napari_nightwatch.search.index import choose_index, index_from_vectors, recall_at_k
+    from napari_nightwatch.store.embeddings import unit_rows
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_nightwatch._napari._qt.common import show_scale_bar
     from napari_nightwatch._napari.sample_data import synthetic_store_path
     from napari_nightwatch.core.geometry import apply_affine
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
     from napari_nightwatch.synth import load_ground_truth
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,8 @@ class ColourTextureEngine:
 
 def bridge_ready_store(path: Path, *, size: int = 512, seed: int = 0, tile: int = TILE, register: bool = True):
     """Synthetic painting -> registered -> fitted element maps -> grid -> embeddings."""
-    from napari_nightwatch.ml.embed import embed_store, make_grid
+    from napari_nightwatch.ml.embed import embed_store
+    from napari_nightwatch.store.tiles import make_grid
     from napari_nightwatch.synth import load_ground_truth, synthesize_painting
     from napari_nightwatch.xrf.maps import fit_store
 

@@ -21,9 +21,10 @@ def prepare_painting(source, path: Path, *, search_grid: bool = True, bridge_epo
     the 16 px grid for that many epochs, so the spectrum queries have an encoder.
     """
     from napari_nightwatch.ml.clip import load_clip
-    from napari_nightwatch.ml.embed import embed_store, make_grid
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.ml.embed import embed_store
     from napari_nightwatch.search.index import build_index
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.tiles import make_grid
     from napari_nightwatch.xrf.maps import fit_store
 
     shutil.copytree(source.path, path)
@@ -38,7 +39,7 @@ def prepare_painting(source, path: Path, *, search_grid: bool = True, bridge_epo
     embed_store(store, engine, grid16, batch_size=64)
     build_index(store, grid16.grid_id, engine.model_id)
     if bridge_epochs:
-        from napari_nightwatch.ml.xrf_bridge import train_xrf_bridge
+        from napari_nightwatch.ml.bridge import train_xrf_bridge
 
         train_xrf_bridge(store, grid_id=grid16.grid_id, image_model_id=engine.model_id, epochs=bridge_epochs)
     return path

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_nightwatch.core.jsonutil import jsonable
 from napari_nightwatch.core.tiling import TileGrid
-from napari_nightwatch.project import PaintingStore, _jsonable
+from napari_nightwatch.store import PaintingStore
 
 
 class ColourTextureEncoder:
@@ -82,7 +83,8 @@ def write_embeddings(store: PaintingStore, encoder, *, tile: int = 32, stride: i
     mimic a partial run; ``fresh=False`` writes them into the existing arrays (the
     run continued) and marks the embeddings complete once every chunk is done.
     """
-    from napari_nightwatch.ml.embed import embedding_signature, make_grid
+    from napari_nightwatch.store.embeddings import embedding_signature
+    from napari_nightwatch.store.tiles import make_grid
 
     grid = make_grid(store, level=0, tile=tile, stride=stride or tile, mask="none")
     mosaic = np.asarray(store.mosaic_levels()[0])
@@ -106,7 +108,7 @@ def write_embeddings(store: PaintingStore, encoder, *, tile: int = 32, stride: i
         crops = np.stack([mosaic[b[0] : b[2], b[1] : b[3]] for b in boxes[idx]])
         vec[idx[0] : idx[-1] + 1] = encoder.encode_images(crops).astype(np.float16)
         done[c] = True
-    g.attrs["nightwatch"] = _jsonable(
+    g.attrs["nightwatch"] = jsonable(
         {"signature": embedding_signature(store, encoder, grid), "dim": encoder.dim, "chunk_tiles": chunk_tiles}
     )
     if np.asarray(done[...]).all():

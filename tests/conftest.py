@@ -45,7 +45,7 @@ def synthetic_store_factory(tmp_path_factory):
     Each (size, seed, kwargs) is built once per test session (512 px takes a few seconds)
     and shared; tests that write into a store use ``synthetic_store_rw`` or copy it.
     """
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
     from napari_nightwatch.synth import synthesize_painting
 
     built: dict = {}
@@ -71,7 +71,7 @@ def synthetic_store(synthetic_store_factory):
 def synthetic_store_rw(synthetic_store, tmp_path):
     """A private, writable copy of ``synthetic_store`` (for tests that add parts to it)."""
 
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
 
     dst = tmp_path / synthetic_store.path.name
     shutil.copytree(synthetic_store.path, dst)

@@ -16,7 +16,7 @@ import pytest
 
 from _bridge_support import ColourTextureEngine, bridge_ready_store, hidden_lead
 from napari_nightwatch.core.errors import NightwatchError
-from napari_nightwatch.ml import xrf_bridge as B
+from napari_nightwatch.ml import bridge as B
 
 SURFACE_FAMILIES = ("Hg-L", "Cu-K", "Co-K", "Fe-K", "Sn-K")
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from _bridge_support import ColourTextureEngine
 from napari_nightwatch.core.errors import NightwatchError
-from napari_nightwatch.ml import xrf_bridge as B
+from napari_nightwatch.ml import bridge as B
 
 ELEMENTS = {"Hg": "Hg-L", "Cu": "Cu-K", "Co": "Co-K", "Fe": "Fe-K", "Sn": "Sn-K", "Pb": "Pb-L", "Ca": "Ca-K", "As": "As-K"}
 
@@ -35,8 +35,9 @@ def _hidden_ground(shape, seed: int = 5) -> np.ndarray:
 @pytest.fixture(scope="module")
 def maps_store(tmp_path_factory):
     from napari_nightwatch.cli import main
-    from napari_nightwatch.ml.embed import embed_store, make_grid
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.ml.embed import embed_store
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.tiles import make_grid
     from napari_nightwatch.synth import load_ground_truth, synthesize_painting
 
     tmp = tmp_path_factory.mktemp("maps")
@@ -135,8 +136,8 @@ def test_maps_search_by_pixel_and_refusals(maps_store, tmp_path):
 
 def test_import_maps_bad_input(tmp_path, capsys):
     from napari_nightwatch.cli import main
-    from napari_nightwatch.io.mosaic import write_mosaic_array
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.sources import write_mosaic_array
 
     store = PaintingStore.create(tmp_path / "x.nightwatch.zarr")
     write_mosaic_array(store, np.zeros((64, 64, 3), np.uint8), pixel_size_um=5.0, source="test")
@@ -156,7 +157,8 @@ def test_import_maps_bad_input(tmp_path, capsys):
 def test_overlapping_stride_gives_a_finer_correctly_placed_map(tmp_path):
     """Predicted maps are at tile resolution, finer with an overlapping stride (issue 5)."""
     from _bridge_support import bridge_ready_store
-    from napari_nightwatch.ml.embed import embed_store, make_grid
+    from napari_nightwatch.ml.embed import embed_store
+    from napari_nightwatch.store.tiles import make_grid
 
     store, gt, engine = bridge_ready_store(tmp_path / "s.nightwatch.zarr", size=256, seed=1)
     coarse = make_grid(store, tile=16, mask="none")

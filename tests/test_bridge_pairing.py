@@ -72,9 +72,8 @@ def test_rotated_footprints_match_a_dense_reference_and_skip_tiles_outside():
 
 def test_pairing_in_the_store_uses_the_registered_affine(tmp_path):
     from napari_nightwatch.core.spectra import EnergyCalibration
-    from napari_nightwatch.io.mosaic import write_mosaic_array
-    from napari_nightwatch.io.xrf_files import write_xrf_cube
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.sources import write_mosaic_array, write_xrf_cube
     from napari_nightwatch.xrf.pairing import pair_tiles
 
     store = PaintingStore.create(tmp_path / "p.nightwatch.zarr")

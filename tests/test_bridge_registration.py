@@ -96,8 +96,8 @@ MINIATURE_PIXEL_UM = 40.0
 
 def test_miniature_registration_by_control_points(tmp_path, capsys):
     from napari_nightwatch.cli import main
-    from napari_nightwatch.io.mosaic import import_mosaic
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.sources import import_mosaic
 
     photo = shared_file("miniature-vis-xrf/2025.jpg")
     cu = shared_file("miniature-vis-xrf/Cu.jpg")

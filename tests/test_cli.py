@@ -14,7 +14,7 @@ def test_info_on_a_missing_store_is_one_sentence_and_exit_2(tmp_path, capsys):
 
 
 def test_info_json_is_one_object(tmp_path, capsys):
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
 
     PaintingStore.create(tmp_path / "p.nightwatch.zarr")
     assert main(["info", str(tmp_path / "p.nightwatch.zarr"), "--json"]) == 0
@@ -38,7 +38,7 @@ def test_search_results_print_as_a_table():
 def test_half_a_calibration_is_refused(tmp_path, capsys):
     import numpy as np
 
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
 
     np.save(tmp_path / "cube.npy", np.ones((4, 4, 256), np.uint16))
     assert main(["import-xrf", str(tmp_path / "cube.npy"), str(tmp_path / "s.nightwatch.zarr"),

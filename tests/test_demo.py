@@ -7,7 +7,7 @@ import json
 import numpy as np
 
 from napari_nightwatch.demo import load_demo_engine, run_pipeline
-from napari_nightwatch.project import PaintingStore
+from napari_nightwatch.store import PaintingStore
 
 
 def test_unavailable_weights_fall_back_loudly_to_random(monkeypatch):

@@ -12,8 +12,8 @@ import pytest
 import zarr
 
 from napari_nightwatch.core.errors import NightwatchError
-from napari_nightwatch.io.mosaic import import_mosaic
-from napari_nightwatch.project import PaintingStore
+from napari_nightwatch.store import PaintingStore
+from napari_nightwatch.store.sources import import_mosaic
 
 
 def _image(h, w, c, dtype=np.uint8, seed=0):

@@ -8,10 +8,10 @@ import pytest
 
 from napari_nightwatch.core.errors import Cancelled, NightwatchError
 from napari_nightwatch.core.spectra import EnergyCalibration
-from napari_nightwatch.io.mosaic import pyramid_shapes, write_mosaic_array
+from napari_nightwatch.io.mosaic import pyramid_shapes
 from napari_nightwatch.io.ngff import axes_names, level_scales, read_multiscales
-from napari_nightwatch.io.xrf_files import write_xrf_cube
-from napari_nightwatch.project import PaintingStore
+from napari_nightwatch.store import PaintingStore
+from napari_nightwatch.store.sources import write_mosaic_array, write_xrf_cube
 
 
 @pytest.fixture
@@ -210,8 +210,8 @@ def test_xrf_source_attribute_is_the_source_name(tmp_path):
     import dask.array as da
 
     from napari_nightwatch.core.spectra import EnergyCalibration
-    from napari_nightwatch.io.xrf_files import write_xrf_cube
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.sources import write_xrf_cube
 
     for i, cube in enumerate([np.ones((4, 4, 256), np.uint16), da.ones((4, 4, 256), dtype=np.uint16, chunks=2)]):
         store = PaintingStore.create(tmp_path / f"s{i}.nightwatch.zarr")

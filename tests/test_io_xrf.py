@@ -12,8 +12,9 @@ import pytest
 from conftest import shared_file
 from napari_nightwatch.core.errors import NightwatchError
 from napari_nightwatch.core.spectra import EnergyCalibration
-from napari_nightwatch.io.xrf_files import import_xrf, read_cube, read_spectrum
-from napari_nightwatch.project import PaintingStore
+from napari_nightwatch.io.xrf_files import read_cube, read_spectrum
+from napari_nightwatch.store import PaintingStore
+from napari_nightwatch.store.sources import import_xrf
 
 # tabulated line energies (keV), xraydb
 CA_KA, FE_KA, CU_KA, SI_KA, AL_KA = 3.6917, 6.4039, 8.0478, 1.7398, 1.4865

@@ -10,16 +10,12 @@ import numpy as np
 import pytest
 
 from napari_nightwatch.core.errors import Cancelled, NightwatchError
-from napari_nightwatch.io.mosaic import write_mosaic_array
 from napari_nightwatch.ml.clip import load_clip
-from napari_nightwatch.ml.embed import (
-    embed_store,
-    list_embeddings,
-    load_embeddings,
-    load_grid,
-    make_grid,
-)
-from napari_nightwatch.project import PaintingStore
+from napari_nightwatch.ml.embed import embed_store
+from napari_nightwatch.store import PaintingStore
+from napari_nightwatch.store.embeddings import list_embeddings, load_embeddings
+from napari_nightwatch.store.sources import write_mosaic_array
+from napari_nightwatch.store.tiles import load_grid, make_grid
 
 pytest.importorskip("torch")
 
@@ -210,7 +206,7 @@ def test_local_cluster_matches_in_process(tmp_path, tiny):
                           num_workers=1)
         with distributed.Client(cluster) as client:
             # both workers did part of the work, each loading the model once
-            who = client.run(lambda: len(__import__("napari_nightwatch.ml.embed", fromlist=["_ENGINES"])._ENGINES))
+            who = client.run(lambda: len(__import__("napari_nightwatch.ml.clip", fromlist=["_ENGINES"])._ENGINES))
     assert res["complete"] and res["workers"] == 2 and res["chunks_processed"] == res["n_chunks"]
     assert sorted(who.values()) == [1, 1]
     got, _ = load_embeddings(store, grid.grid_id, engine=tiny)
@@ -274,7 +270,7 @@ def test_vectorised_mask_equals_the_per_tile_rule(tmp_path):
         assert 0 < want.sum() < grid.n_tiles, (level, tile, stride)
         np.testing.assert_array_equal(grid.keep, want, err_msg=f"level {level} tile {tile} stride {stride}")
     # 16-bit grey, block-wise reading in several row-blocks of tiles
-    from napari_nightwatch.ml import embed as E
+    from napari_nightwatch.store import tiles as E
 
     grey = np.full((600, 520), 30000, np.uint16)
     grey[100:500, 60:460] += rng.normal(0, 400, (400, 400)).astype(np.uint16)  # 1.6 grey levels of 8 bits

@@ -17,7 +17,7 @@ def painting(synthetic_store_factory):
 
 def test_embed_cancel_then_resume(make_napari_viewer, qtbot, painting, tmp_path):
     from napari_nightwatch._napari._qt.embed_widget import EmbedWidget
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
 
     store_path = tmp_path / "p.nightwatch.zarr"
     shutil.copytree(painting, store_path)

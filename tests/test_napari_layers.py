@@ -10,7 +10,7 @@ import pytest
 
 from napari_nightwatch.core.spectra import EnergyCalibration
 from napari_nightwatch.core.tiling import TileGrid
-from napari_nightwatch.project import PaintingStore
+from napari_nightwatch.store import PaintingStore
 
 PX_UM = 5.0
 # XRF pixel (y, x) -> level-0 mosaic pixel: 8x coarser, shifted by a known offset
@@ -19,8 +19,7 @@ AFFINE = np.array([[8.0, 0.0, 3.5], [0.0, 8.0, 2.5], [0.0, 0.0, 1.0]])
 
 def make_store(path, affine=AFFINE, size=(600, 520)):
     """A small store with a 2-level RGB mosaic and a 64-channel XRF cube with a known affine."""
-    from napari_nightwatch.io.mosaic import write_mosaic_array
-    from napari_nightwatch.io.xrf_files import write_xrf_cube
+    from napari_nightwatch.store.sources import write_mosaic_array, write_xrf_cube
 
     rng = np.random.default_rng(0)
     store = PaintingStore.create(path)

@@ -37,7 +37,7 @@ def painting_viewer(make_napari_viewer, store_copy):
     """A viewer showing the mosaic and the XRF total counts (as the reader places them)."""
     from napari_nightwatch._napari._qt.common import add_layer_data
     from napari_nightwatch._napari.layers import mosaic_layer, xrf_total_layer
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
 
     path, gt = store_copy
     store = PaintingStore.open(path)
@@ -50,7 +50,7 @@ def painting_viewer(make_napari_viewer, store_copy):
 @pytest.fixture
 def search_panel(painting_viewer, qtbot, monkeypatch):
     """A Search panel on the 16 px grid; ``queries`` records each spectrum query the panel builds."""
-    import napari_nightwatch.ml.xrf_bridge as xb
+    import napari_nightwatch.ml.bridge as xb
     from napari_nightwatch._napari._qt.search_widget import SearchWidget
 
     queries: list[tuple[dict, np.ndarray, str]] = []
@@ -75,9 +75,9 @@ def search_panel(painting_viewer, qtbot, monkeypatch):
 
 def library_search(path, **query):
     """The library path the panel stands for: query vector, top hits and similarity map."""
-    from napari_nightwatch.ml.xrf_bridge import spectrum_query_vector
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.ml.bridge import spectrum_query_vector
     from napari_nightwatch.search.query import search, similarity_map
+    from napari_nightwatch.store import PaintingStore
 
     store = PaintingStore.open(path)
     vec, model_id = spectrum_query_vector(store, grid_id=GRID, **query)
@@ -121,7 +121,7 @@ def test_search_from_a_rectangle_on_the_xrf_layer(search_panel, qtbot):
 
 
 def test_search_from_a_spectrum_file(search_panel, qtbot):
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
     from napari_nightwatch.xrf.spectra import write_spectrum_csv
 
     viewer, _, w, queries = search_panel
@@ -146,7 +146,7 @@ def test_search_from_a_spectrum_file(search_panel, qtbot):
 def test_bridge_auto_refine_without_control_points(painting_viewer, qtbot):
     from napari_nightwatch._napari._qt.bridge_widget import BridgeWidget
     from napari_nightwatch.core.geometry import apply_affine
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
 
     viewer, xrf, path, gt = painting_viewer
     store = PaintingStore.open(path, mode="r+")

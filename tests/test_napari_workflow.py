@@ -47,7 +47,7 @@ def panel(make_napari_viewer, qtbot, store_copy):
     from napari_nightwatch._napari._qt.common import add_layer_data
     from napari_nightwatch._napari._qt.search_widget import SearchWidget
     from napari_nightwatch._napari.layers import mosaic_layer
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
 
     path, _ = store_copy
     viewer = make_napari_viewer()
@@ -127,7 +127,7 @@ def test_exemplar_rectangle_and_current_view(panel, qtbot):
     # an image file holding exactly the pixels of tile (5, 2) finds that tile first
     from PIL import Image
 
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
 
     mosaic = np.asarray(PaintingStore.open(w.store_path()).mosaic_levels()[0][160:192, 64:96].compute())
     Image.fromarray(mosaic).save(w.store_path().parent / "detail.png")
@@ -159,7 +159,7 @@ def test_empty_text_is_a_clear_message(panel, qtbot, monkeypatch):
 
 def test_xrf_panel_maps_and_spectra(viewer_store, qtbot):
     from napari_nightwatch._napari._qt.xrf_widget import XrfWidget
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
 
     viewer, path, gt = viewer_store
     store = PaintingStore.open(path)
@@ -198,7 +198,7 @@ def test_xrf_panel_maps_and_spectra(viewer_store, qtbot):
 def test_bridge_register_train_predict(viewer_store, qtbot):
     from napari_nightwatch._napari._qt.bridge_widget import BridgeWidget
     from napari_nightwatch.core.geometry import apply_affine
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
 
     viewer, path, gt = viewer_store
     w = BridgeWidget(viewer)
@@ -272,10 +272,10 @@ def test_bridge_register_train_predict(viewer_store, qtbot):
 def test_demo_viewer_shows_every_result(make_napari_viewer, store_copy, qtbot):
     """What `make demo` shows: painting, element maps, a search with its table, predictions, panels."""
     from napari_nightwatch._napari.demo_viewer import add_demo_layers
+    from napari_nightwatch.ml.bridge import predict_xrf_maps, train_xrf_bridge
     from napari_nightwatch.ml.clip import load_clip
-    from napari_nightwatch.ml.xrf_bridge import predict_xrf_maps, train_xrf_bridge
-    from napari_nightwatch.project import PaintingStore
     from napari_nightwatch.search.query import hits_to_json, search, similarity_map, text_vector
+    from napari_nightwatch.store import PaintingStore
 
     path, _ = store_copy
     store = PaintingStore.open(path, mode="r+")

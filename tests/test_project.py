@@ -9,7 +9,7 @@ import pytest
 
 from napari_nightwatch import __version__
 from napari_nightwatch.core.errors import NightwatchError
-from napari_nightwatch.project import SCHEMA_VERSION, PaintingStore, file_signature
+from napari_nightwatch.store import SCHEMA_VERSION, PaintingStore, file_signature
 
 
 def test_create_open_and_complete_markers(tmp_path):
@@ -59,7 +59,7 @@ def test_newer_schema_is_refused_with_a_sentence(tmp_path):
 
 
 def test_older_schema_is_upgraded(tmp_path, monkeypatch):
-    from napari_nightwatch import project
+    from napari_nightwatch.store import painting
 
     p = tmp_path / "p.nightwatch.zarr"
     PaintingStore.create(p)
@@ -67,7 +67,7 @@ def test_older_schema_is_upgraded(tmp_path, monkeypatch):
     meta["attributes"]["nightwatch"]["schema_version"] = SCHEMA_VERSION - 1
     (p / "zarr.json").write_text(json.dumps(meta))
     seen = []
-    monkeypatch.setitem(project._UPGRADES, SCHEMA_VERSION - 1, lambda store: seen.append(store.path))
+    monkeypatch.setitem(painting.UPGRADES, SCHEMA_VERSION - 1, lambda store: seen.append(store.path))
     s = PaintingStore.open(p)
     assert seen == [p]
     assert s.meta["schema_version"] == SCHEMA_VERSION

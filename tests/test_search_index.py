@@ -10,7 +10,6 @@ import pytest
 from _search_support import ColourTextureEncoder, base_store, copy_store, write_embeddings
 from napari_nightwatch.cli import main
 from napari_nightwatch.core.errors import Cancelled, NightwatchError
-from napari_nightwatch.project import PaintingStore
 from napari_nightwatch.search.index import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     add_to_index,
@@ -18,8 +17,9 @@ from napari_nightwatch.search.index import (
     choose_index,
     index_from_vectors,
     load_index,
-    open_embeddings,
 )
+from napari_nightwatch.store import PaintingStore
+from napari_nightwatch.store.embeddings import open_embeddings
 
 ENC = ColourTextureEncoder()
 GRID = "L0-t32-s32"
@@ -103,7 +103,7 @@ def test_approximate_indexes_measure_and_store_recall(tmp_path, store, kind):
 
 
 def _half_embedded(base: PaintingStore, path) -> PaintingStore:
-    from napari_nightwatch.io.mosaic import write_mosaic_array
+    from napari_nightwatch.store.sources import write_mosaic_array
 
     store = PaintingStore.create(path)
     write_mosaic_array(store, np.asarray(base.mosaic_levels()[0]), pixel_size_um=5.0, source="synthetic copy")

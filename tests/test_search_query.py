@@ -11,7 +11,6 @@ import pytest
 from _search_support import ColourTextureEncoder, base_store, copy_store, write_embeddings
 from napari_nightwatch.cli import main
 from napari_nightwatch.core.errors import NightwatchError
-from napari_nightwatch.project import PaintingStore
 from napari_nightwatch.search import (
     PAINTING_TEMPLATES,
     build_index,
@@ -24,7 +23,8 @@ from napari_nightwatch.search import (
     similarity_map,
     text_vector,
 )
-from napari_nightwatch.search.index import open_embeddings
+from napari_nightwatch.store import PaintingStore
+from napari_nightwatch.store.embeddings import open_embeddings
 
 ENC = ColourTextureEncoder()
 GRID = "L0-t32-s32"
@@ -256,7 +256,8 @@ def test_cli_search_region_and_bad_input(indexed, tmp_path, capsys):
 def tiny(search_base, tmp_path_factory):
     """The synthetic painting embedded with the package's tiny CLIP (random weights) through the real pipeline."""
     from napari_nightwatch.ml.clip import load_clip
-    from napari_nightwatch.ml.embed import embed_store, make_grid
+    from napari_nightwatch.ml.embed import embed_store
+    from napari_nightwatch.store.tiles import make_grid
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -304,7 +305,7 @@ def test_cli_text_and_image_with_the_embeddings_model(tiny, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_xrf_pixel_query_through_the_bridge(search_base, tmp_path, capsys):
-    from napari_nightwatch.ml.xrf_bridge import spectrum_query_vector, train_xrf_bridge
+    from napari_nightwatch.ml.bridge import spectrum_query_vector, train_xrf_bridge
 
     store = copy_store(search_base, tmp_path / "x.nightwatch.zarr")
     build_index(store, GRID, ENC.model_id)
@@ -317,3 +318,27 @@ def test_cli_xrf_pixel_query_through_the_bridge(search_base, tmp_path, capsys):
     assert [r["tile"] for r in out["results"]] == [h.tile for h in expected]
     assert main(["search", str(store.path), "--xrf-pixel", "10,12", "--text", "red", "--json"]) == 2
     assert "cannot be combined" in capsys.readouterr().err
+
+
+def test_widget_and_cli_give_the_same_hits(tiny, capsys):
+    """The Search panel's worker function and the CLI run the same query runner: same hits, same order."""
+    from napari_nightwatch._napari._qt.search_widget import SearchRequest, run_search
+    from napari_nightwatch.ml.encoders import query_encoders
+
+    store, engine, gid = tiny
+    args = ["search", str(store.path), "--grid", gid, "--model-id", engine.model_id, "-k", "5", "--json"]
+    assert main(args + ["--text", "craquelure", "--not", "white ground"]) == 0
+    cli_hits = [(r["tile"], r["score"]) for r in json.loads(capsys.readouterr().out)["results"]]
+    req = SearchRequest(store=store.path, grid_id=gid, model_id=engine.model_id, source="text", text="craquelure",
+                        negative="white ground", k=5)
+    res = run_search(req, query_encoders())
+    widget_hits = [(h.tile, h.score) for h in res.hits]
+    assert [t for t, _ in widget_hits] == [t for t, _ in cli_hits] and len(cli_hits) == 5
+    # the CLI prints scores rounded for JSON; both come from the same float32 vector
+    np.testing.assert_allclose([s for _, s in widget_hits], [s for _, s in cli_hits], atol=1e-5)
+    # and a region exemplar: the same again
+    assert main(args + ["--region", "0,0,128,128"]) == 0
+    cli_tiles = [r["tile"] for r in json.loads(capsys.readouterr().out)["results"]]
+    req = SearchRequest(store=store.path, grid_id=gid, model_id=engine.model_id, source="Shapes rectangle",
+                        box_level0=(0.0, 0.0, 128.0, 128.0), k=5)
+    assert [h.tile for h in run_search(req, query_encoders()).hits] == cli_tiles

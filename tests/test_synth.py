@@ -11,7 +11,7 @@ from scipy.stats import skew
 
 from napari_nightwatch.cli import main
 from napari_nightwatch.core.errors import Cancelled, NightwatchError
-from napari_nightwatch.project import PaintingStore
+from napari_nightwatch.store import PaintingStore
 from napari_nightwatch.synth import (
     CALIBRATION,
     NO_PIGMENT,

@@ -10,7 +10,7 @@ import pytest
 from napari_nightwatch.cli import main
 from napari_nightwatch.core.errors import Cancelled, NightwatchError
 from napari_nightwatch.core.spectra import EnergyCalibration
-from napari_nightwatch.project import PaintingStore
+from napari_nightwatch.store import PaintingStore
 from napari_nightwatch.xrf.artefacts import comb_strength, correct_row_shift, estimate_row_shift
 from napari_nightwatch.xrf.maps import export_tiffs, fit_store, load_element_maps, load_uncertainty
 from napari_nightwatch.xrf.scene import painted_scene
@@ -28,7 +28,7 @@ def scene():
 
 
 def _store(tmp_path, cube, scene, name="p"):
-    from napari_nightwatch.io.xrf_files import write_xrf_cube
+    from napari_nightwatch.store.sources import write_xrf_cube
 
     store = PaintingStore.create(tmp_path / f"{name}.nightwatch.zarr")
     cal = EnergyCalibration(scene.offset_kev, scene.gain_kev)

@@ -69,7 +69,7 @@ def _cmd_synth(args) -> dict:
 
 
 def _cmd_import_mosaic(args) -> dict:
-    from .io.mosaic import import_mosaic
+    from .store.sources import import_mosaic
 
     cb, close = _progress(args)
     try:
@@ -91,7 +91,7 @@ def _calibration_from_args(args):
 
 
 def _cmd_import_xrf(args) -> dict:
-    from .io.xrf_files import import_xrf
+    from .store.sources import import_xrf
 
     calib = _calibration_from_args(args)
     cb, close = _progress(args)
@@ -106,21 +106,22 @@ def _cmd_import_xrf(args) -> dict:
 
 
 def _cmd_info(args) -> dict:
-    from .project import PaintingStore
+    from .store import PaintingStore
 
     return PaintingStore.open(args.store).summary()
 
 
 def _cmd_demo(args) -> dict:
-    from .demo import run_demo
+    from ._napari.demo_viewer import run_demo
 
     return run_demo(out=args.out, viewer=not args.no_viewer, screenshot=args.screenshot, size=args.size)
 
 
 def _cmd_embed(args) -> dict:
     from .ml.clip import load_clip
-    from .ml.embed import embed_store, make_grid
-    from .project import PaintingStore
+    from .ml.embed import embed_store
+    from .store import PaintingStore
+    from .store.tiles import make_grid
 
     store = PaintingStore.open(args.store, mode="r+")
     engine = load_clip(args.model, args.pretrained, device=args.device, precision=args.precision)
@@ -154,95 +155,35 @@ def _cmd_index(args) -> dict:
         close()
 
 
-def _search_model(args, signature: dict):
-    """The CLIP engine for text/image queries: --model/--pretrained, else the one that made the embeddings."""
-    from .ml.clip import load_clip
-
-    name = args.model or signature.get("model")
-    tag = args.pretrained or signature.get("pretrained")
-    if not name:
-        raise NightwatchError("The embeddings record no model name; give the model with --model NAME --pretrained TAG.")
-    if args.pretrained is None and str(tag).startswith("checkpoint:"):
-        raise NightwatchError(
-            f"The embeddings were made with {name} from a local checkpoint ({tag}); give it with --pretrained PATH."
-        )
-    return load_clip(name, tag)
-
-
 def _cmd_search(args) -> dict:
-    from .project import PaintingStore
-    from .search.index import check_signature, open_embeddings, resolve_grid_model
-    from .search.query import (
-        PAINTING_TEMPLATES,
-        combine,
-        hits_to_json,
-        image_vector,
-        region_box_px,
-        region_vector,
-        search,
-        text_vector,
-    )
+    from .ml.encoders import query_encoders
+    from .search.query import PAINTING_TEMPLATES
+    from .search.run import Query, run_query
 
-    first = PaintingStore.open(args.stores[0])
-    xrf = [a for a in (args.spectrum, args.xrf_pixel, args.xrf_region) if a is not None]
-    asked = [a for a in (args.text, args.region, args.image) if a is not None] + xrf
-    if not asked:
-        raise NightwatchError("Say what to look for: --text, --region, --image, --spectrum, --xrf-pixel or --xrf-region.")
-    if xrf and (len(asked) > 1 or args.negative):
-        raise NightwatchError("An XRF query (--spectrum, --xrf-pixel, --xrf-region) cannot be combined with other queries.")
     templates = list(args.template or []) + (list(PAINTING_TEMPLATES) if args.painting_templates else [])
-    query: dict[str, Any] = {}
-    if xrf:
-        try:
-            from .ml.xrf_bridge import spectrum_query_vector
-        except ImportError as exc:
-            raise NightwatchError(f"XRF queries need napari_nightwatch.ml.xrf_bridge, which cannot be imported ({exc}).") from exc
-        pixel = None if args.xrf_pixel is None else tuple(int(v) for v in _floats(args.xrf_pixel, 2, "--xrf-pixel"))
-        region = None if args.xrf_region is None else tuple(int(v) for v in _floats(args.xrf_region, 4, "--xrf-region"))
-        # the spectrum encoder decides the image model; hits come from that model's embeddings
-        q, mid = spectrum_query_vector(first, spectrum_file=args.spectrum, xrf_pixel=pixel, xrf_region=region,
-                                       grid_id=args.grid, model_id=args.model_id)
-        gid, mid = resolve_grid_model(first, args.grid, mid)
-        query = {"spectrum": str(args.spectrum) if args.spectrum else None, "xrf_pixel": pixel, "xrf_region": region}
-    else:
-        gid, mid = resolve_grid_model(first, args.grid, args.model_id)
-        emb = open_embeddings(first, gid, mid)
-        model = None
-        need_model = args.text is not None or args.image is not None or bool(args.negative)
-        box = None
-        if args.region is not None:
-            box = _floats(args.region, 4, "--region")
-            inside = emb.grid.tiles_in_box(region_box_px(first, box, "um" if args.um else "px"))
-            need_model = need_model or inside.size == 0  # a region smaller than a tile is embedded by the model
-        if need_model:
-            model = _search_model(args, emb.signature)
-            if model.model_id != mid:
-                gid, mid = resolve_grid_model(first, gid, model.model_id)
-                emb = open_embeddings(first, gid, mid)
-            check_signature(emb, dict(model.signature), f"model {model.model_id}")
-        positives = []
-        if args.text is not None:
-            positives.append(text_vector(model, args.text, templates=templates or None))
-            query["text"] = args.text
-        if box is not None:
-            positives.append(region_vector(first, model, gid, box, units="um" if args.um else "px", model_id=mid))
-            query["region"] = list(box)
-            query["units"] = "um" if args.um else "px"
-        if args.image is not None:
-            positives.append(image_vector(model, args.image))
-            query["image"] = str(args.image)
-        negatives = [text_vector(model, t, templates=templates or None) for t in args.negative or []]
-        if negatives:
-            query["not"] = list(args.negative)
-        q = combine(positives, negatives)
-    hits = search(args.stores, q, grid_id=args.grid if len(args.stores) > 1 else gid, model_id=mid, k=args.k,
-                  merge=not args.no_merge, iou_threshold=args.iou)
-    return {"query": query, "grid": gid, "model_id": mid, "results": hits_to_json(hits)}
+    query = Query(
+        text=args.text,
+        region=None if args.region is None else _floats(args.region, 4, "--region"),
+        units="um" if args.um else "px",
+        image=args.image,
+        spectrum_file=args.spectrum,
+        xrf_pixel=None if args.xrf_pixel is None else tuple(int(v) for v in _floats(args.xrf_pixel, 2, "--xrf-pixel")),
+        xrf_region=None if args.xrf_region is None else tuple(int(v) for v in _floats(args.xrf_region, 4, "--xrf-region")),
+        negative=list(args.negative or []),
+        templates=templates or None,
+        grid_id=args.grid,
+        model_id=args.model_id,
+        k=args.k,
+        merge=not args.no_merge,
+        iou_threshold=args.iou,
+    )
+    query.check()  # before any model is loaded
+    return run_query(args.stores, query, query_encoders(args.model, args.pretrained)).to_json()
 
 
 # ------------------------------------------------------------------ xrf (issue 3)
 def _cmd_xrf_maps(args) -> dict:
-    from .project import PaintingStore
+    from .store import PaintingStore
     from .xrf.maps import export_tiffs, fit_store
 
     store = PaintingStore.open(args.store, mode="r+")
@@ -267,7 +208,7 @@ def _cmd_xrf_maps(args) -> dict:
 
 
 def _cmd_spectrum(args) -> dict:
-    from .project import PaintingStore
+    from .store import PaintingStore
     from .xrf.spectra import mean_spectrum, write_spectrum_csv
 
     store = PaintingStore.open(args.store)
@@ -297,7 +238,7 @@ def _box_arg(text: str | None, what: str) -> tuple[float, float, float, float] |
 
 
 def _cmd_register(args) -> dict:
-    from .project import PaintingStore
+    from .store import PaintingStore
     from .xrf.registration import register_store
 
     if (args.points is None) and not args.auto:
@@ -313,8 +254,8 @@ def _cmd_register(args) -> dict:
 
 
 def _cmd_train_xrf(args) -> dict:
-    from .ml.xrf_bridge import train_xrf_bridge
-    from .project import PaintingStore
+    from .ml.bridge import train_xrf_bridge
+    from .store import PaintingStore
 
     store = PaintingStore.open(args.store, mode="r+")
     cb, close = _progress(args)
@@ -338,8 +279,8 @@ def _cmd_train_xrf(args) -> dict:
 
 
 def _cmd_predict_xrf(args) -> dict:
-    from .ml.xrf_bridge import export_predicted_maps, predict_xrf_maps
-    from .project import PaintingStore
+    from .ml.bridge import export_predicted_maps, predict_xrf_maps
+    from .store import PaintingStore
 
     store = PaintingStore.open(args.store, mode="r+")
     cb, close = _progress(args)
@@ -362,8 +303,9 @@ def _fmt(v) -> str:
 
 
 def _cmd_import_maps(args) -> dict:
-    from .io.element_maps import import_element_maps, parse_map_arguments
-    from .project import PaintingStore
+    from .io.element_maps import parse_map_arguments
+    from .store import PaintingStore
+    from .store.sources import import_element_maps
 
     store = PaintingStore.open(args.store, mode="r+")
     cb, close = _progress(args)

@@ -3,12 +3,11 @@
 ``run_pipeline`` is pure library code (no napari): synthesise the painting, fit the
 element maps, register the XRF onto the mosaic, embed the tiles with CLIP, build the
 index, run a text search, train the spectrum encoder and predict element maps from
-the photograph. ``run_demo`` adds the viewer (``_napari.demo_viewer``).
+the photograph. ``napari_nightwatch._napari.demo_viewer.run_demo`` adds the viewer.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -70,10 +69,12 @@ def run_pipeline(
     Returns a JSON-able summary with the store path, timings, the search hits and the
     held-out agreement of the predicted element maps.
     """
-    from .ml.embed import embed_store, make_grid
-    from .ml.xrf_bridge import predict_xrf_maps, train_xrf_bridge
+    from .ml.bridge import predict_xrf_maps, train_xrf_bridge
+    from .ml.embed import embed_store
     from .search.index import build_index
-    from .search.query import hits_to_json, search, similarity_map, text_vector
+    from .search.query import hits_to_json
+    from .search.run import Query, run_query
+    from .store.tiles import make_grid
     from .synth import synthesize_painting
     from .xrf.maps import fit_store
     from .xrf.registration import register_store
@@ -112,9 +113,9 @@ def run_pipeline(
 
     t = step(5, "building the index and searching")
     idx = build_index(store, grid.grid_id, engine.model_id)
-    vec = text_vector(engine, query)
-    hits = search(store, vec, grid_id=grid.grid_id, model_id=engine.model_id, k=10)
-    sim, _, _ = similarity_map(store, vec, grid_id=grid.grid_id, model_id=engine.model_id)
+    found = run_query(store, Query(text=query, grid_id=grid.grid_id, model_id=engine.model_id, k=10, with_map=True),
+                      _DemoEncoders(engine))
+    hits, sim = found.hits, found.similarity
     timings["search"] = time.perf_counter() - t
 
     t = step(6, "training the spectrum encoder (XRF third door)")
@@ -146,6 +147,21 @@ def run_pipeline(
     }
 
 
+class _DemoEncoders:
+    """The demo's own engine (possibly random weights, said loudly) for the one query runner."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+
+    def image_text(self, signature: dict[str, Any]):
+        return self.engine
+
+    def spectrum(self, store, query, grid_id, model_id):
+        from .ml.encoders import query_encoders
+
+        return query_encoders().spectrum(store, query, grid_id, model_id)
+
+
 def _summary(obj) -> dict:
     if isinstance(obj, dict):
         return obj
@@ -154,23 +170,3 @@ def _summary(obj) -> dict:
     return dict(getattr(obj, "__dict__", {}))
 
 
-def run_demo(
-    out: str | Path = "demo_out",
-    *,
-    viewer: bool = True,
-    screenshot: str | Path | None = None,
-    size: int = 1024,
-) -> dict[str, Any]:
-    """``make demo``: run the pipeline, then open napari with every result as layers.
-
-    With ``screenshot`` the viewer is saved to that PNG and closed (used headless,
-    under Xvfb); otherwise napari runs until the window is closed.
-    """
-    result = run_pipeline(out, size=size, log=lambda m: print(m, file=sys.stderr, flush=True))
-    if viewer or screenshot:
-        from ._napari.demo_viewer import show_demo
-
-        show_demo(result, screenshot=screenshot, block=screenshot is None)
-        if screenshot:
-            result["screenshot"] = str(screenshot)
-    return result

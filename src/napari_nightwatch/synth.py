@@ -892,7 +892,7 @@ def synthesize_painting(
         For a size or XRF pixel out of range, an unknown ground, or an existing ``out``
         without ``overwrite``.
     """
-    from .project import PaintingStore
+    from .store import PaintingStore
 
     size, seed, xrf_pixel = int(size), int(seed), int(xrf_pixel)
     if not 2 <= xrf_pixel <= 64:
@@ -986,8 +986,7 @@ def synthesize_painting(
 def _write_store(store, img: np.ndarray, cube: np.ndarray, nominal: np.ndarray, arrays: dict, attrs: dict,
                  source: str, progress: ProgressCallback | None) -> None:
     """Photograph and cube through the IO writers, then the ground truth arrays."""
-    from .io.mosaic import write_mosaic_array
-    from .io.xrf_files import write_xrf_cube
+    from .store.sources import write_mosaic_array, write_xrf_cube
 
     write_mosaic_array(store, img, pixel_size_um=MOSAIC_PIXEL_UM, source=source, progress=progress)
     write_xrf_cube(store, cube, calibration=CALIBRATION, pixel_size_um=MOSAIC_PIXEL_UM * attrs["xrf_pixel"],
@@ -1006,14 +1005,14 @@ def load_ground_truth(store) -> GroundTruth:
     Parameters
     ----------
     store
-        A :class:`~napari_nightwatch.project.PaintingStore` or a path to one.
+        A :class:`~napari_nightwatch.store.PaintingStore` or a path to one.
 
     Raises
     ------
     NightwatchError
         When the store holds no complete ``ground_truth`` (it is not a synthetic painting).
     """
-    from .project import PaintingStore
+    from .store import PaintingStore
 
     if not isinstance(store, PaintingStore):
         store = PaintingStore.open(store)

@@ -8,6 +8,7 @@ plugin's panels.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ SHOWN_ELEMENTS = ("Hg-L", "Cu-K", "Co-K")
 
 def add_demo_layers(viewer, result: dict[str, Any]) -> dict[str, Any]:
     """Add the demo's layers and panels to ``viewer``; returns the docked panels by name."""
-    from ..project import PaintingStore
+    from ..store import PaintingStore
     from . import layers as L
     from ._compat import avoid_llvm_clash
     from ._qt.common import add_layer_data, show_scale_bar
@@ -88,3 +89,25 @@ def show_demo(result: dict[str, Any], screenshot: str | Path | None = None, bloc
     if block:
         napari.run()
     return viewer
+
+
+def run_demo(
+    out: str | Path = "demo_out",
+    *,
+    viewer: bool = True,
+    screenshot: str | Path | None = None,
+    size: int = 1024,
+) -> dict[str, Any]:
+    """``make demo``: run the pipeline, then open napari with every result as layers.
+
+    With ``screenshot`` the viewer is saved to that PNG and closed (used headless,
+    under Xvfb); otherwise napari runs until the window is closed.
+    """
+    from ..demo import run_pipeline
+
+    result = run_pipeline(out, size=size, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if viewer or screenshot:
+        show_demo(result, screenshot=screenshot, block=screenshot is None)
+        if screenshot:
+            result["screenshot"] = str(screenshot)
+    return result

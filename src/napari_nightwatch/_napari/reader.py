@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..project import STORE_SUFFIX
+from ..store import STORE_SUFFIX
 
 XRF_CUBE_SUFFIXES = (".rpl", ".bcf")
 
@@ -33,7 +33,7 @@ def napari_get_reader(path: str | list[str]) -> Callable | None:
 
 def store_layers(path: str | Path) -> list:
     """Layer data for a painting store: mosaic, XRF total counts and element maps where present."""
-    from ..project import PaintingStore
+    from ..store import PaintingStore
     from . import layers
 
     store = PaintingStore.open(path)
@@ -46,7 +46,7 @@ def store_layers(path: str | Path) -> list:
         if store.has("xrf_maps") and store.is_complete("xrf_maps"):
             out.extend(layers.store_element_map_layers(store))
         elif store.xrf_kind == "maps":  # element maps exported by scanner software, no cube
-            from ..io.element_maps import load_imported_maps
+            from ..store.sources import load_imported_maps
 
             names, maps = load_imported_maps(store)
             out.extend(layers.element_map_layers(

@@ -32,7 +32,7 @@ def synthetic_store_path(size: int | None = None, seed: int = SAMPLE_SEED,
     The store is built in a temporary sibling folder and renamed into place only when
     complete, so an interrupted build is never mistaken for a finished one.
     """
-    from ..project import PaintingStore
+    from ..store import PaintingStore
     from ..synth import synthesize_painting
 
     size = SAMPLE_SIZE if size is None else int(size)

@@ -16,7 +16,9 @@ torch and open_clip are imported inside functions so importing this module is ch
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import threading
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -561,3 +563,21 @@ def load_clip(
         random_weights=random_weights,
         spec=spec,
     )
+
+
+# ------------------------------------------------------------------ one engine cache per process
+_ENGINES: dict[str, Any] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def cached_engine(spec: dict[str, Any]):
+    """The engine for ``spec`` (``load_clip`` keyword arguments), built once per process.
+
+    The one engine cache: each dask worker loads its model once, and the napari
+    widgets, the CLI and the query runner share an engine instead of rebuilding it.
+    """
+    key = json.dumps(spec, sort_keys=True, default=str)
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = load_clip(**spec)
+        return _ENGINES[key]

@@ -13,12 +13,10 @@ from .index import (
     IndexSpec,
     VectorIndex,
     add_to_index,
-    available_embeddings,
     build_index,
     choose_index,
     index_from_vectors,
     load_index,
-    resolve_grid_model,
 )
 from .query import (
     PAINTING_TEMPLATES,
@@ -39,7 +37,6 @@ __all__ = [
     "IndexSpec",
     "VectorIndex",
     "add_to_index",
-    "available_embeddings",
     "build_index",
     "choose_index",
     "combine",
@@ -49,7 +46,6 @@ __all__ = [
     "load_index",
     "merge_overlapping",
     "region_vector",
-    "resolve_grid_model",
     "search",
     "similarity_map",
     "text_vector",

@@ -38,16 +38,10 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import NightwatchError
+from ..core.jsonutil import jsonable
 from ..core.progress import ProgressCallback, report
-from ..ml.embed import READ_ROWS as _READ_ROWS
-from ..ml.embed import (  # noqa: F401  (re-exported: search.index is their public home too)
-    Embeddings,
-    available_embeddings,
-    open_embeddings,
-    resolve_grid_model,
-    unit_rows,
-)
-from ..project import PaintingStore, _jsonable
+from ..store import PaintingStore
+from ..store.embeddings import READ_ROWS, Embeddings, open_embeddings, unit_rows
 
 FLAT_MAX_VECTORS = 200_000
 HNSW_MAX_VECTORS = 1_000_000
@@ -233,27 +227,6 @@ def choose_index(
 
 
 # ------------------------------------------------------------------------------- store access
-def _as_store(store: PaintingStore | str | Path, mode: str = "r") -> PaintingStore:
-    if isinstance(store, PaintingStore):
-        if mode == "r+":
-            store.require_writable()
-        return store
-    return PaintingStore.open(store, mode=mode)
-
-
-def check_signature(emb: Embeddings, other: dict, what: str) -> None:
-    """Raise if ``other`` disagrees with the embeddings' signature on a shared key."""
-    sig = emb.signature
-    keys = ("model", "pretrained", "model_hash", "dim", "preprocessing", "source", "grid")
-    diff = [k for k in keys if k in sig and k in other and _jsonable(sig[k]) != _jsonable(other[k])]
-    if diff:
-        raise NightwatchError(
-            f"The signature of {what} differs from that of the embeddings {emb.grid_id}/{emb.model_id} in "
-            f"{emb.store.path} ({', '.join(diff)}: {other[diff[0]]!r} vs {sig[diff[0]]!r}); "
-            "re-embed or use the matching model."
-        )
-
-
 # ------------------------------------------------------------------------------- the index
 class _RowStore:
     """float16 re-ranking vectors: memory-mapped zarr chunks, or an in-RAM array.
@@ -481,7 +454,7 @@ def build_index(
     import faiss
 
     t0 = time.perf_counter()
-    store = _as_store(store, "r+")
+    store = PaintingStore.coerce(store, "r+")
     emb = open_embeddings(store, grid_id, model_id)
     tiles = emb.available
     if tiles.size == 0:
@@ -498,7 +471,7 @@ def build_index(
     store.mark_incomplete(part)
     if store.has(part):
         del store.root[part]
-    blocks = [tiles[i : i + _READ_ROWS] for i in range(0, tiles.size, _READ_ROWS)]
+    blocks = [tiles[i : i + READ_ROWS] for i in range(0, tiles.size, READ_ROWS)]
     n_steps = len(blocks) + (1 if spec.kind == "ivfpq" else 0)
     try:
         g = store.group(part, create=True)
@@ -556,7 +529,7 @@ def build_index(
             "signature": emb.signature,
             "n_added_since_build": 0,
         }
-        g.attrs["nightwatch"] = _jsonable(attrs)
+        g.attrs["nightwatch"] = jsonable(attrs)
         store.mark_complete(part, index_type=spec.kind, n_vectors=int(tiles.size), recall_at_10=recall,
                             embeddings=f"grids/{emb.grid_id}/embeddings/{emb.model_id}")
     except BaseException:
@@ -564,7 +537,7 @@ def build_index(
         if store.has(part):
             del store.root[part]
         raise
-    return {"store": str(store.path), "grid": emb.grid_id, "model_id": emb.model_id, **_jsonable(attrs)}
+    return {"store": str(store.path), "grid": emb.grid_id, "model_id": emb.model_id, **jsonable(attrs)}
 
 
 def _make_vector_index(store: PaintingStore, emb: Embeddings, g, kind: str, params: dict, tiles: np.ndarray,
@@ -603,7 +576,7 @@ def load_index(store: PaintingStore | str | Path, grid_id: str | None = None, mo
     """
     import faiss
 
-    store = _as_store(store)
+    store = PaintingStore.coerce(store)
     emb = open_embeddings(store, grid_id, model_id)
     part = _index_path(emb.grid_id, emb.model_id)
     if not store.is_complete(part):
@@ -612,7 +585,7 @@ def load_index(store: PaintingStore | str | Path, grid_id: str | None = None, mo
         )
     g = store.root[part]
     attrs = dict(g.attrs.get("nightwatch", {}))
-    if _jsonable(attrs.get("signature", {})) != _jsonable(emb.signature):
+    if jsonable(attrs.get("signature", {})) != jsonable(emb.signature):
         raise NightwatchError(
             f"The index {emb.grid_id}/{emb.model_id} in {store.path} was built from embeddings with a different "
             "signature than the ones stored now; rebuild it with `nightwatch index`."
@@ -655,7 +628,7 @@ def add_to_index(
     trained IVF centroids stay; rebuild when the painting grows many times over).
     The serialised bytes are rewritten and the part re-marked complete last.
     """
-    store = _as_store(store, "r+")
+    store = PaintingStore.coerce(store, "r+")
     vi = load_index(store, grid_id, model_id)
     emb = open_embeddings(store, grid_id, model_id)
     avail = emb.available
@@ -678,7 +651,7 @@ def add_to_index(
     store.mark_incomplete(part)
     try:
         n0 = vi.n_vectors
-        blocks = [new[i : i + _READ_ROWS] for i in range(0, new.size, _READ_ROWS)]
+        blocks = [new[i : i + READ_ROWS] for i in range(0, new.size, READ_ROWS)]
         ids_arr = g["tile_ids"]
         ids_arr.resize((n0 + new.size,))
         if vi.kind == "ivfpq":
@@ -695,7 +668,7 @@ def add_to_index(
         _write_faiss_bytes(g, vi.index)
         attrs["n_vectors"] = int(n0 + new.size)
         attrs["n_added_since_build"] = int(attrs.get("n_added_since_build", 0)) + int(new.size)
-        g.attrs["nightwatch"] = _jsonable(attrs)
+        g.attrs["nightwatch"] = jsonable(attrs)
         store.mark_complete(part, index_type=vi.kind, n_vectors=int(n0 + new.size),
                             recall_at_10=attrs.get("recall_at_10"),
                             embeddings=f"grids/{emb.grid_id}/embeddings/{emb.model_id}")
@@ -739,7 +712,7 @@ def index_from_vectors(vectors: np.ndarray, spec: IndexSpec, tile_ids: np.ndarra
         index.train(np.asarray(x[np.sort(rng.choice(n, size=spec.params["train_size"], replace=False))], np.float32))
         rerank = _RowStore([np.asarray(x, dtype=np.float16)], n, n)
     # added block by block so a float16 input is never copied whole to float32
-    for i in range(0, n, _READ_ROWS):
-        index.add(unit_rows(x[i : i + _READ_ROWS]))
+    for i in range(0, n, READ_ROWS):
+        index.add(unit_rows(x[i : i + READ_ROWS]))
     ids = np.arange(n, dtype=np.int64) if tile_ids is None else np.asarray(tile_ids, dtype=np.int64)
     return VectorIndex(index, spec.kind, spec.params, ids, rerank)

@@ -25,16 +25,9 @@ import numpy as np
 
 from ..core.errors import NightwatchError
 from ..core.progress import ProgressCallback, report
-from ..project import PaintingStore
-from .index import (
-    VectorIndex,
-    _as_store,
-    check_signature,
-    load_index,
-    open_embeddings,
-    resolve_grid_model,
-    unit_rows,
-)
+from ..store import PaintingStore
+from ..store.embeddings import open_embeddings, resolve_grid_model, unit_rows
+from .index import VectorIndex, load_index
 
 #: prompt templates for short texts (CLIP was trained on captions, not single words)
 PAINTING_TEMPLATES = (
@@ -241,11 +234,11 @@ def region_vector(
         embedded tiles lying wholly inside the region; if there are none, the model's
         embedding of the region's pixels (read at the grid's pyramid level).
     """
-    store = _as_store(store)
+    store = PaintingStore.coerce(store)
     mid = model.model_id if model is not None else model_id
     emb = open_embeddings(store, grid, mid)
     if model is not None:
-        check_signature(emb, dict(model.signature), f"model {model.model_id}")
+        emb.check_model(dict(model.signature), f"model {model.model_id}")
     b = region_box_px(store, box, units)
     g = emb.grid
     inside = np.intersect1d(g.tiles_in_box(b, fully=True), emb.available)
@@ -374,7 +367,7 @@ def merge_overlapping(boxes: np.ndarray, scores: np.ndarray, iou_threshold: floa
 def _stores(stores) -> list[PaintingStore]:
     if isinstance(stores, (PaintingStore, str, Path)):
         stores = [stores]
-    out = [_as_store(s) for s in stores]
+    out = [PaintingStore.coerce(s) for s in stores]
     if not out:
         raise NightwatchError("Give at least one painting store to search.")
     return out
@@ -514,7 +507,7 @@ def similarity_map(
     -----
     Exact: computed from the stored embeddings chunk by chunk, not from the index.
     """
-    store = _as_store(store)
+    store = PaintingStore.coerce(store)
     emb = open_embeddings(store, grid_id, model_id)
     q = _query(query_vector, emb.dim, f"{store.path} ({emb.grid_id}/{emb.model_id})")
     g = emb.grid

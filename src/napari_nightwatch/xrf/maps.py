@@ -91,7 +91,7 @@ def fit_store(
     Parameters
     ----------
     store
-        A :class:`~napari_nightwatch.project.PaintingStore` opened writable.
+        A :class:`~napari_nightwatch.store.PaintingStore` opened writable.
     elements
         ``"auto"`` (identify from the sum and max spectra) or family names like
         ``["Pb-L", "Hg-L"]`` / ``"Pb-L,Hg-L"``.

@@ -204,7 +204,7 @@ def load_element_intensity_maps(store, *, required: bool = True) -> tuple[list[s
         Element names and a ``(c, ny, nx)`` float32 array.
     """
     if store.xrf_kind == "maps":
-        from ..io.element_maps import load_imported_maps
+        from ..store.sources import load_imported_maps
 
         return load_imported_maps(store)
     if store.has("xrf_maps") and store.is_complete("xrf_maps"):
@@ -218,26 +218,6 @@ def load_element_intensity_maps(store, *, required: bool = True) -> tuple[list[s
             "(nightwatch import-maps)."
         )
     return None, None
-
-
-def load_grid(store, grid_id: str | None = None) -> TileGrid:
-    """The tile grid ``grids/<grid_id>`` of a store, with its keep-mask.
-
-    Without ``grid_id`` the store must hold exactly one grid.
-    """
-    if not store.has("grids"):
-        raise NightwatchError(f"{store.path} has no tile grids yet; embed the mosaic first (nightwatch embed).")
-    ids = sorted(g for g, _ in store.root["grids"].groups())
-    if grid_id is None:
-        if len(ids) != 1:
-            raise NightwatchError(f"{store.path} has tile grids {', '.join(ids)}; choose one with --grid.")
-        grid_id = ids[0]
-    if grid_id not in ids:
-        raise NightwatchError(f"{store.path} has no tile grid {grid_id!r}; it has {', '.join(ids) or 'none'}.")
-    g = store.root[f"grids/{grid_id}"]
-    attrs = dict(g.attrs.get("nightwatch", {}))
-    keep = np.asarray(g["keep"][...], dtype=bool) if "keep" in g else None
-    return TileGrid.from_attrs(attrs["grid"], keep=keep)
 
 
 def pair_tiles(
@@ -274,6 +254,8 @@ def pair_tiles(
     PairedTiles
     """
     if not isinstance(grid, TileGrid):
+        from ..store.tiles import load_grid
+
         grid = load_grid(store, grid)
     ny, nx = store.xrf_shape
     w, tiles, cov = footprint_matrix(grid, store.xrf_affine, (ny, nx), index=index, min_coverage=min_coverage)

@@ -292,7 +292,7 @@ def xrf_images_for_registration(store, element: str | None = None, n_bands: int 
     Parameters
     ----------
     store
-        An open :class:`~napari_nightwatch.project.PaintingStore` with XRF data.
+        An open :class:`~napari_nightwatch.store.PaintingStore` with XRF data.
     element
         Use only this element map (name as in the fitted or imported maps).
     n_bands
@@ -439,7 +439,7 @@ def register_store(
     Parameters
     ----------
     store
-        A :class:`~napari_nightwatch.project.PaintingStore` opened "r+" with a
+        A :class:`~napari_nightwatch.store.PaintingStore` opened "r+" with a
         mosaic and XRF data (cube or imported element maps).
     points
         Control points: a CSV path (header ``xrf_y,xrf_x,mosaic_y,mosaic_x``) or a

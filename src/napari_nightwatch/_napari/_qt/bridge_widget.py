@@ -187,7 +187,7 @@ class BridgeWidget(Panel):
         kind, path = self.kind_combo.currentText(), store.path
 
         def job(progress):
-            from ...project import PaintingStore
+            from ...store import PaintingStore
 
             return register_store(PaintingStore.open(path, mode="r+"), points=points, auto=auto, kind=kind,
                                   progress=progress)
@@ -230,7 +230,7 @@ class BridgeWidget(Panel):
 
     def train(self):
         """Train the spectrum encoder and inverse head in a worker, drawing the loss as it falls."""
-        from ...ml.xrf_bridge import train_xrf_bridge
+        from ...ml.bridge import train_xrf_bridge
 
         store = self.open_store()
         grid_id, model_id = self.chosen_embeddings(store, self.embeddings_combo)
@@ -240,7 +240,7 @@ class BridgeWidget(Panel):
         self.loss_plot.clear()
 
         def job(progress):
-            from ...project import PaintingStore
+            from ...store import PaintingStore
 
             return train_xrf_bridge(PaintingStore.open(path, mode="r+"), grid_id=grid_id, image_model_id=model_id,
                                     epochs=epochs, train_region=region, progress=progress)
@@ -253,14 +253,14 @@ class BridgeWidget(Panel):
     # ------------------------------------------------------------------ prediction
     def predict(self):
         """Predict element maps for every tile; show them beside the measured maps with held-out r and SSIM."""
-        from ...ml.xrf_bridge import predict_xrf_maps
+        from ...ml.bridge import predict_xrf_maps
 
         store = self.open_store()
         encoder_id = (self.last_training or {}).get("encoder_id")
         path = store.path
 
         def job(progress):
-            from ...project import PaintingStore
+            from ...store import PaintingStore
 
             return predict_xrf_maps(PaintingStore.open(path, mode="r+"), encoder_id=encoder_id, progress=progress)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +23,16 @@ from ...core.errors import NightwatchError
 from ..settings import load_settings, save_settings
 from .jobs import JobRunner, notify_error
 
-_ENGINES: dict[tuple[str, str, str], Any] = {}
-_ENGINES_LOCK = threading.Lock()
-
 
 def clip_engine(model: str, pretrained: str, device: str = "auto"):
-    """A CLIP engine shared by the panels of this napari session (built once, in a worker thread).
+    """A CLIP engine shared by the panels, the CLI and dask workers (:func:`~napari_nightwatch.ml.clip.cached_engine`).
 
     Building ViT-B-32 takes seconds and hundreds of MB; the Embed and Search panels
-    ask for the same one, so it is kept per (model, pretrained, device).
+    ask for the same one, so it is built once per (model, pretrained, device).
     """
-    from ...ml.clip import load_clip
+    from ...ml.clip import cached_engine
 
-    key = (str(model), str(pretrained), str(device))
-    with _ENGINES_LOCK:
-        if key not in _ENGINES:
-            _ENGINES[key] = load_clip(model, pretrained, device=device)
-        return _ENGINES[key]
+    return cached_engine({"model": str(model), "pretrained": str(pretrained), "device": str(device)})
 
 
 def add_layer_data(viewer, layer_data: tuple) -> Any:
@@ -150,7 +142,7 @@ class Panel(QWidget):
         return Path(text)
 
     def open_store(self, mode: str = "r"):
-        from ...project import PaintingStore
+        from ...store import PaintingStore
 
         return PaintingStore.open(self.store_path(), mode=mode)
 
@@ -201,7 +193,7 @@ class Panel(QWidget):
     # ------------------------------------------------------------------ shared inputs
     def fill_embeddings_combo(self, combo) -> None:
         """List the store's searchable ``grid / model`` pairs in ``combo``, keeping the current choice."""
-        from ...ml.embed import list_embeddings
+        from ...store.embeddings import list_embeddings
 
         store = self.open_store()
         current = combo.currentText()

@@ -57,7 +57,8 @@ class EmbedWidget(Panel):
 
     def run(self):
         """Embed the store's tiles (resuming finished chunks), then build the index."""
-        from ...ml.embed import embed_store, make_grid
+        from ...ml.embed import embed_store
+        from ...store.tiles import make_grid
 
         path = self.store_path()
         self.open_store()  # a clear sentence now if the path is not a store
@@ -71,7 +72,7 @@ class EmbedWidget(Panel):
         build = self.index_check.isChecked()
 
         def job(progress):
-            from ...project import PaintingStore
+            from ...store import PaintingStore
 
             engine = self.engine(model, pretrained, device)
             store = PaintingStore.open(path, mode="r+")

@@ -102,14 +102,14 @@ class ProjectWidget(Panel):
         return self.start(lambda progress: store_layers(path), show, "open store")
 
     def create_project(self):
-        from ...project import PaintingStore
+        from ...store import PaintingStore
 
         PaintingStore.create(self.store_path())
         self.save()
         self.refresh_summary()
 
     def import_mosaic(self):
-        from ...io.mosaic import import_mosaic
+        from ...store.sources import import_mosaic
         from ..layers import mosaic_layer
 
         src, path = self.mosaic_edit.text(), self.store_path()
@@ -129,7 +129,7 @@ class ProjectWidget(Panel):
 
     def import_xrf(self):
         from ...core.spectra import EnergyCalibration
-        from ...io.xrf_files import import_xrf
+        from ...store.sources import import_xrf
         from ..layers import xrf_total_layer
 
         src, path = self.xrf_edit.text(), self.store_path()

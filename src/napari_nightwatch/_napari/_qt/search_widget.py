@@ -19,8 +19,9 @@ from qtpy.QtWidgets import (
 )
 
 from ...core.errors import NightwatchError
+from ...ml.encoders import query_encoders
 from .. import layers as L
-from .common import Panel, PathEdit, add_layer_data, canvas_size, clip_engine, fill_shapes_combo, spin
+from .common import Panel, PathEdit, add_layer_data, canvas_size, fill_shapes_combo, spin
 
 SOURCES = (
     "text",
@@ -65,77 +66,47 @@ class SearchResult:
 
 def grid_of(store, grid_id: str):
     """The TileGrid stored for ``grid_id`` (with its keep-mask)."""
-    from ...core.tiling import TileGrid
+    from ...store.tiles import load_grid
 
-    attrs = store.node_attrs(f"grids/{grid_id}")
-    keep = None
-    if store.has(f"grids/{grid_id}/keep"):
-        keep = np.asarray(store.root[f"grids/{grid_id}/keep"][...], bool)
-    return TileGrid.from_attrs(attrs.get("grid", attrs), keep=keep)
+    return load_grid(store, grid_id)
+
+
+def to_query(req: SearchRequest):
+    """The panel's request as the query every front end runs (:class:`~napari_nightwatch.search.run.Query`)."""
+    from ...search.run import Query
+
+    q = Query(grid_id=req.grid_id, model_id=req.model_id, k=req.k, with_map=True,
+              negative=[req.negative] if req.negative else [])
+    if req.source == "text":
+        q.text = req.text
+    elif req.source in ("Shapes rectangle", "current view"):
+        q.region = tuple(float(v) for v in req.box_level0)
+    elif req.source == "image file":
+        q.image = req.image_path
+    elif req.source == "XRF pixel":
+        q.xrf_pixel = req.xrf_pixel
+    elif req.source == "XRF rectangle":
+        q.xrf_region = tuple(int(round(v)) for v in req.xrf_box)
+    else:
+        q.spectrum_file = req.spectrum_path
+    return q
 
 
 def query_label(req: SearchRequest) -> str:
     """Layer base name describing the query in the user's words."""
-    if req.source == "text":
-        label = req.text
-    elif req.source in ("Shapes rectangle", "current view"):
-        y0, x0, y1, x1 = (int(round(v)) for v in req.box_level0)
-        label = f"exemplar {y0},{x0}-{y1},{x1}"
-    elif req.source == "image file":
-        label = f"image {Path(req.image_path).name}"
-    elif req.source == "XRF pixel":
-        label = f"XRF pixel {req.xrf_pixel[0]},{req.xrf_pixel[1]}"
-    elif req.source == "XRF rectangle":
-        y0, x0, y1, x1 = (int(round(v)) for v in req.xrf_box)
-        label = f"XRF region {y0},{x0}-{y1},{x1}"
-    else:
-        label = f"spectrum {Path(req.spectrum_path).name}"
-    if req.negative:
-        label += f" not {req.negative}"
-    return label
+    return to_query(req).label()
 
 
-def run_search(req: SearchRequest, engine_for, progress=None, indexes: dict | None = None) -> SearchResult:
-    """Build the query vector, search the store and compute the similarity map (worker thread).
-
-    ``engine_for(store, model_id)`` returns the CLIP engine matching the embeddings;
-    ``indexes`` caches loaded vector indexes between searches.
-    """
-    from ...core.progress import report
-    from ...project import PaintingStore
-    from ...search import query as Q
+def run_search(req: SearchRequest, encoders, progress=None, indexes: dict | None = None) -> SearchResult:
+    """Run the panel's request through :func:`~napari_nightwatch.search.run.run_query` (worker thread)."""
+    from ...search.run import run_query
+    from ...store import PaintingStore
 
     store = PaintingStore.open(req.store)
-    grid = grid_of(store, req.grid_id)
-    report(progress, 0, 3, "query")
-    engine = None
-    if req.source in ("text", "Shapes rectangle", "current view", "image file") or req.negative:
-        engine = engine_for(store, req.model_id)
-    model_id = req.model_id
-    if req.source == "text":
-        vec = Q.text_vector(engine, req.text)
-    elif req.source in ("Shapes rectangle", "current view"):
-        vec = Q.region_vector(store, engine, req.grid_id, req.box_level0, units="px")
-    elif req.source == "image file":
-        vec = Q.image_vector(engine, req.image_path)
-    else:
-        from ...ml.xrf_bridge import spectrum_query_vector
-
-        vec, model_id = spectrum_query_vector(
-            store, spectrum_file=req.spectrum_path or None, xrf_pixel=req.xrf_pixel, xrf_region=req.xrf_box,
-            grid_id=req.grid_id,
-        )
-    if req.negative:
-        vec = Q.combine([(vec, 1.0)], [(Q.text_vector(engine, req.negative), 1.0)])
-    report(progress, 1, 3, "search")
-    hits = list(Q.search([store], vec, grid_id=req.grid_id, model_id=model_id, k=req.k, indexes=indexes))
-    report(progress, 2, 3, "similarity map")
-    smap = Q.similarity_map(store, vec, grid_id=req.grid_id, model_id=model_id)
-    scores = smap[0] if isinstance(smap, tuple) else smap
-    report(progress, 3, 3, "done")
-    sig = store.node_attrs(f"grids/{req.grid_id}/embeddings/{model_id}").get("signature", {})
-    random = str(sig.get("pretrained", "")).lower() == "none" or bool(getattr(engine, "random_weights", False))
-    return SearchResult(query_label(req), hits, np.asarray(scores, np.float32), grid, store.mosaic_pixel_size_um, random)
+    res = run_query([store], to_query(req), encoders, progress=progress, indexes=indexes)
+    grid = grid_of(store, res.grid_id)
+    return SearchResult(res.label, res.hits, np.asarray(res.similarity, np.float32), grid, store.mosaic_pixel_size_um,
+                        res.random_weights)
 
 
 class SearchWidget(Panel):
@@ -197,6 +168,8 @@ class SearchWidget(Panel):
         self.viewer.layers.events.removed.connect(self._refresh_shapes)
         self.store_edit.edit.editingFinished.connect(self.guarded(self.refresh_embeddings))
         self._indexes: dict = {}
+        # the same encoders (and engine cache) as the CLI and the demo
+        self.encoders = query_encoders()
         self.hits: list[dict] = []
         self.last_result: SearchResult | None = None
         self.last_layers: list = []
@@ -290,24 +263,9 @@ class SearchWidget(Panel):
         return req
 
     # ------------------------------------------------------------------ running
-    def engine_for(self, store, model_id: str):
-        """The CLIP engine the embeddings were made with (shared by the panels; worker thread)."""
-        for gid, _ in store.root["grids"].groups():
-            path = f"grids/{gid}/embeddings/{model_id}"
-            sig = store.node_attrs(path).get("signature", {}) if store.has(path) else {}
-            if sig:
-                pretrained = str(sig.get("pretrained") or "none")
-                if pretrained.startswith("checkpoint:"):
-                    raise NightwatchError(
-                        f"The embeddings {model_id} were made from a local checkpoint; text and image queries need "
-                        "that checkpoint loaded, which this panel cannot find from the store alone.")
-                # "auto" as in the Embed panel: the same engine object is reused when it exists
-                return clip_engine(sig["model"], pretrained, "auto")
-        raise NightwatchError(f"{store.path} has no embeddings for model {model_id}.")
-
     def search(self):
         req = self.request()
-        return self.start(lambda progress: run_search(req, self.engine_for, progress, self._indexes), self.show_result,
+        return self.start(lambda progress: run_search(req, self.encoders, progress, self._indexes), self.show_result,
                           "search")
 
     def show_result(self, res: SearchResult) -> None:

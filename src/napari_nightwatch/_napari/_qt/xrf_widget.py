@@ -113,7 +113,7 @@ class XrfWidget(Panel):
         elements = self.elements()
 
         def job(progress):
-            from ...project import PaintingStore
+            from ...store import PaintingStore
 
             store = PaintingStore.open(path, mode="r+")
             summary = fit_store(store, elements, progress=progress)

@@ -1,56 +1,42 @@
 """The painting store: one zarr (v3, OME-Zarr NGFF 0.5) store per painting.
 
-Layout (``PAINTING.nightwatch.zarr``)::
-
-    zarr.json                 attrs["nightwatch"]: schema_version, name, created,
-                              package_version, complete: {part: provenance}
-    mosaic/                   NGFF 0.5 multiscale image, axes (c, y, x), datasets
-                              "0", "1", ... (factor-2 pyramid), scale in micrometres.
-                              attrs["nightwatch"]: pixel_size_um, source, ...
-                              -- or, for an OME-Zarr used in place, no arrays and
-                              attrs["nightwatch"]["reference"] = absolute path of the
-                              source NGFF image group (never written to).
-    xrf/                      MA-XRF modality; attrs["nightwatch"]: calibration
-                              {offset_kev, gain_kev, quadratic_kev}, pixel_size_um,
-                              affine (3x3, XRF pixel (y, x, 1) -> level-0 mosaic px),
-                              source, live_time_s, excitation_kev, kind ("cube"|"maps")
-      cube                    (y, x, energy) counts, dimension_names y, x, energy,
-                              chunks (cy, cx, n_energy) so a pixel's spectrum is one read
-      sum_spectrum            (energy,) float64
-      max_spectrum            (energy,) float64
-      total/                  NGFF 0.5 image (y, x): total counts per pixel (for viewers)
-    xrf_maps/                 NGFF 0.5 image (c, y, x) float32: fitted element maps
-    grids/<grid_id>/          tile grids, embeddings per model, indexes (see search/)
-    models/<model_id>/        trained spectrum encoders (safetensors bytes + config)
-    predicted/<...>/          element maps predicted from the photograph
-    ground_truth/             synthetic paintings only: labels, concentrations, affine
-
-Every derived part records what it was made from; a part is only "complete" once
-:meth:`PaintingStore.mark_complete` has run after all its data were written, so a
-killed import never looks finished.
+Owns :class:`PaintingStore` (open/create, schema upgrades, metadata, the mosaic and
+XRF accessors), the completion records and their provenance, the one-writer lock and
+:meth:`PaintingStore.replace_part`, through which every part is (re)written: the new
+part is written beside the old one under ``staging/`` and swapped in only when
+complete, so a failed or killed write leaves the previous part intact. Every path is
+named in :mod:`napari_nightwatch.store.layout`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
+import os
 import shutil
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .core.errors import NightwatchError
-from .core.geometry import as_affine
-from .core.spectra import EnergyCalibration
+from .. import __version__
+from ..core.errors import NightwatchError
+from ..core.geometry import as_affine
+from ..core.jsonutil import jsonable
+from ..core.spectra import EnergyCalibration
+from . import layout
+from .layout import STORE_SUFFIX
 
 SCHEMA_VERSION = 1
-STORE_SUFFIX = ".nightwatch.zarr"
+#: seconds a writer waits for another writer's short critical section before refusing
+LOCK_WAIT_S = 30.0
 
 # upgrade functions, keyed by the schema version they upgrade *from*
-_UPGRADES: dict[int, Any] = {}
+UPGRADES: dict[int, Any] = {}
 
 
 def _now() -> str:
@@ -59,29 +45,13 @@ def _now() -> str:
 
 def provenance(**made_from: Any) -> dict[str, Any]:
     """Provenance record for a derived array: what it was made from, version and date."""
-    rec = {k: _jsonable(v) for k, v in made_from.items()}
+    rec = {k: jsonable(v) for k, v in made_from.items()}
     rec["package_version"] = __version__
     rec["created"] = _now()
     return rec
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        return float(v)
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
-def _to_yxc(arr, axes: str):
+def to_yxc(arr, axes: str):
     """View a dask array with NGFF/TIFF axes (e.g. "tczyx", "zyx", "yxs") as (y, x, c).
 
     Axes other than y, x and c (t, z, ...) are held at index 0; without a c axis one is added.
@@ -183,9 +153,18 @@ class PaintingStore:
                 store = cls(path, zarr.open_group(str(path), mode="r", zarr_format=3), "r")
         return store
 
+    @classmethod
+    def coerce(cls, store: PaintingStore | str | Path, mode: str = "r") -> PaintingStore:
+        """``store`` itself (checked writable for ``mode="r+"``), or the store at that path opened."""
+        if isinstance(store, PaintingStore):
+            if mode == "r+":
+                store.require_writable()
+            return store
+        return cls.open(store, mode=mode)
+
     def _upgrade(self, version: int) -> None:
         while version < SCHEMA_VERSION:
-            _UPGRADES[version](self)
+            UPGRADES[version](self)
             version += 1
             self._update_meta(schema_version=version)
 
@@ -194,32 +173,114 @@ class PaintingStore:
     def meta(self) -> dict:
         return dict(self.root.attrs["nightwatch"])
 
+    def _fresh_meta(self) -> dict:
+        """The root record as it is on disk now (another process may have changed it)."""
+        import zarr
+
+        return dict(zarr.open_group(str(self.path), mode="r", zarr_format=3).attrs["nightwatch"])
+
     def _update_meta(self, **kw: Any) -> None:
-        m = self.meta
-        m.update(kw)
-        self.root.attrs["nightwatch"] = _jsonable(m)
+        with self.lock():
+            m = self._fresh_meta()
+            m.update(kw)
+            self.root.attrs["nightwatch"] = jsonable(m)
 
     @property
     def name(self) -> str:
         return self.meta["name"]
 
+    @contextlib.contextmanager
+    def lock(self, timeout: float = LOCK_WAIT_S) -> Iterator[None]:
+        """Hold the store's writer lock (re-entrant within this process).
+
+        Completion records and part swaps happen under it, from a fresh read of the
+        root record, so two writers never lose each other's records.
+
+        Raises
+        ------
+        NightwatchError
+            When another process holds the lock longer than ``timeout`` seconds.
+        """
+        import filelock
+
+        if getattr(self, "_lock", None) is None:
+            self._lock = filelock.FileLock(str(self.path / layout.LOCK_FILE))
+        try:
+            self._lock.acquire(timeout=timeout)
+        except filelock.Timeout as exc:
+            raise NightwatchError(
+                f"{self.path} is being written by another process (lock {self.path / layout.LOCK_FILE} held for "
+                f"more than {timeout:.0f} s); wait for it to finish."
+            ) from exc
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def is_complete(self, part: str) -> bool:
         """Whether ``part`` (e.g. "mosaic", "xrf", "grids/L0-t224-s224") finished writing."""
-        return part in self.meta.get("complete", {})
+        return part in self._fresh_meta().get("complete", {})
 
     def mark_complete(self, part: str, **made_from: Any) -> None:
-        """Record that ``part`` is fully written, with its provenance."""
-        m = self.meta
-        m.setdefault("complete", {})[part] = provenance(**made_from)
-        self.root.attrs["nightwatch"] = _jsonable(m)
+        """Record that ``part`` is fully written, with its provenance (atomic under the lock)."""
+        with self.lock():
+            m = self._fresh_meta()
+            m.setdefault("complete", {})[part] = provenance(**made_from)
+            self.root.attrs["nightwatch"] = jsonable(m)
 
     def mark_incomplete(self, part: str) -> None:
-        m = self.meta
-        m.setdefault("complete", {}).pop(part, None)
-        self.root.attrs["nightwatch"] = _jsonable(m)
+        """Forget the completion record of ``part`` (atomic under the lock)."""
+        with self.lock():
+            m = self._fresh_meta()
+            m.setdefault("complete", {}).pop(part, None)
+            self.root.attrs["nightwatch"] = jsonable(m)
 
     def completed(self) -> dict[str, dict]:
-        return dict(self.meta.get("complete", {}))
+        return dict(self._fresh_meta().get("complete", {}))
+
+    def remove_part(self, part: str) -> None:
+        """Forget and delete a part (its record first, so it never looks complete half-deleted)."""
+        self.require_writable()
+        with self.lock():
+            self.mark_incomplete(part)
+            if part in self.root:
+                del self.root[part]
+
+    @contextlib.contextmanager
+    def replace_part(self, part: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """Write a new version of ``part`` beside the old one; swap it in when complete.
+
+        Yields ``(group, made_from)``: write the part's arrays and attributes into
+        ``group`` (a fresh group under ``staging/``) and put its provenance into the
+        ``made_from`` dict. When the block ends without error, the old part is removed,
+        the new one renamed into place and marked complete, all under the writer lock.
+        On any error (including cancellation) the staging group is deleted and the old
+        part, with everything derived from it, stays as it was.
+
+        Parameters
+        ----------
+        part
+            The part's path, e.g. ``layout.MOSAIC`` or ``layout.index(grid_id, model_id)``.
+        """
+        self.require_writable()
+        staging = f"{layout.STAGING}/{uuid.uuid4().hex[:12]}"
+        group = self.root.require_group(staging)
+        made_from: dict[str, Any] = {}
+        try:
+            yield group, made_from
+        except BaseException:
+            with contextlib.suppress(Exception):
+                del self.root[staging]
+            raise
+        with self.lock():
+            self.mark_incomplete(part)
+            if part in self.root:
+                del self.root[part]
+            parent = part.rpartition("/")[0]
+            if parent:
+                self.root.require_group(parent)
+            os.replace(self.path / staging, self.path / part)
+            self.mark_complete(part, **made_from)
 
     def require_writable(self) -> None:
         if self.mode == "r":
@@ -243,7 +304,7 @@ class PaintingStore:
     # ---- mosaic -------------------------------------------------------------------------
     @property
     def has_mosaic(self) -> bool:
-        return self.is_complete("mosaic")
+        return self.is_complete(layout.MOSAIC)
 
     def _mosaic_image_group(self):
         """The NGFF image group holding the mosaic pyramid (here, or referenced in place)."""
@@ -251,7 +312,7 @@ class PaintingStore:
 
         if not self.has_mosaic:
             raise NightwatchError(f"{self.path} has no mosaic yet; import one with `nightwatch import-mosaic`.")
-        g = self.root["mosaic"]
+        g = self.root[layout.MOSAIC]
         ref = g.attrs.get("nightwatch", {}).get("reference")
         if ref:
             if not Path(ref).exists():
@@ -261,13 +322,13 @@ class PaintingStore:
 
     @property
     def mosaic_info(self) -> dict:
-        return dict(self.root["mosaic"].attrs.get("nightwatch", {}))
+        return dict(self.root[layout.MOSAIC].attrs.get("nightwatch", {}))
 
     def mosaic_levels(self) -> list:
         """Dask arrays ``(y, x, c)`` for each pyramid level, finest first."""
         import dask.array as da
 
-        from .io.ngff import multiscale_paths
+        from ..io.ngff import multiscale_paths
 
         g = self._mosaic_image_group()
         axes = self.mosaic_info.get("axes", "cyx")
@@ -279,7 +340,7 @@ class PaintingStore:
             elif axes == "yx":
                 arr = arr[..., None]
             elif axes != "yxc":
-                arr = _to_yxc(arr, axes)
+                arr = to_yxc(arr, axes)
             levels.append(arr)
         return levels
 
@@ -299,13 +360,13 @@ class PaintingStore:
     # ---- XRF ------------------------------------------------------------------------------
     @property
     def has_xrf(self) -> bool:
-        return self.is_complete("xrf")
+        return self.is_complete(layout.XRF)
 
     @property
     def xrf_info(self) -> dict:
         if not self.has_xrf:
             raise NightwatchError(f"{self.path} has no MA-XRF data yet; import a cube with `nightwatch import-xrf`.")
-        return dict(self.root["xrf"].attrs["nightwatch"])
+        return dict(self.root[layout.XRF].attrs["nightwatch"])
 
     @property
     def xrf_kind(self) -> str:
@@ -319,14 +380,14 @@ class PaintingStore:
         info = self.xrf_info
         if info.get("kind", "cube") != "cube":
             raise NightwatchError(f"{self.path} holds element maps, not a spectral cube.")
-        return da.from_zarr(self.root["xrf/cube"])
+        return da.from_zarr(self.root[layout.XRF_CUBE])
 
     @property
     def xrf_calibration(self) -> EnergyCalibration:
         return EnergyCalibration.from_dict(self.xrf_info["calibration"])
 
     def xrf_energies(self) -> np.ndarray:
-        n = int(self.root["xrf/cube"].shape[-1])
+        n = int(self.root[layout.XRF_CUBE].shape[-1])
         return self.xrf_calibration.energies(n)
 
     @property
@@ -346,23 +407,23 @@ class PaintingStore:
         """Store a new XRF->mosaic affine with how it was obtained."""
         self.require_writable()
         a = as_affine(affine)
-        g = self.root["xrf"]
+        g = self.root[layout.XRF]
         m = dict(g.attrs["nightwatch"])
         m["affine"] = a.tolist()
         m["registration"] = provenance(**made_from)
-        g.attrs["nightwatch"] = _jsonable(m)
+        g.attrs["nightwatch"] = jsonable(m)
 
     def xrf_sum_spectrum(self) -> np.ndarray:
-        return np.asarray(self.root["xrf/sum_spectrum"][...])
+        return np.asarray(self.root[layout.XRF_SUM_SPECTRUM][...])
 
     def xrf_max_spectrum(self) -> np.ndarray:
-        return np.asarray(self.root["xrf/max_spectrum"][...])
+        return np.asarray(self.root[layout.XRF_MAX_SPECTRUM][...])
 
     def xrf_total(self):
         """Total counts per XRF pixel, dask ``(y, x)``."""
         import dask.array as da
 
-        return da.from_zarr(self.root["xrf/total/0"])
+        return da.from_zarr(self.root[f"{layout.XRF_TOTAL}/0"])
 
     # ---- summary ----------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
@@ -393,20 +454,20 @@ class PaintingStore:
                 "affine": info["affine"],
                 "source": info.get("source"),
             }
-        if self.has("xrf_maps") and self.is_complete("xrf_maps"):
-            out["element_maps"] = list(self.node_attrs("xrf_maps").get("elements", []))
-        if self.has("grids"):
+        if self.has(layout.XRF_MAPS) and self.is_complete(layout.XRF_MAPS):
+            out["element_maps"] = list(self.node_attrs(layout.XRF_MAPS).get("elements", []))
+        if self.has(layout.GRIDS):
             grids = {}
-            for gid, g in self.root["grids"].groups():
+            for gid, g in self.root[layout.GRIDS].groups():
                 models = []
                 if "embeddings" in g:
                     models = [m for m, _ in g["embeddings"].groups()]
                 grids[gid] = {"models": models, "n_tiles": g.attrs.get("nightwatch", {}).get("n_tiles")}
             out["grids"] = grids
-        if self.has("models"):
-            out["models"] = sorted(m for m, _ in self.root["models"].groups())
-        if self.has("predicted"):
-            out["predicted"] = sorted(m for m, _ in self.root["predicted"].groups())
+        if self.has(layout.MODELS):
+            out["models"] = sorted(m for m, _ in self.root[layout.MODELS].groups())
+        if self.has(layout.PREDICTED):
+            out["predicted"] = sorted(m for m, _ in self.root[layout.PREDICTED].groups())
         out["next_steps"] = self.next_steps()
         return out
 
@@ -416,9 +477,9 @@ class PaintingStore:
             steps.append("import a mosaic (nightwatch import-mosaic)")
         if not self.has_xrf:
             steps.append("import an MA-XRF cube (nightwatch import-xrf)")
-        elif not self.is_complete("xrf_maps") and self.xrf_info.get("kind", "cube") == "cube":
+        elif not self.is_complete(layout.XRF_MAPS) and self.xrf_info.get("kind", "cube") == "cube":
             steps.append("fit element maps (nightwatch xrf-maps)")
-        if self.has_mosaic and not self.has("grids"):
+        if self.has_mosaic and not self.has(layout.GRIDS):
             steps.append("embed the mosaic tiles (nightwatch embed)")
         return steps
 

@@ -1,0 +1,669 @@
+"""The source parts of a store: the mosaic and the MA-XRF data, written or referenced.
+
+Owns the writers of ``mosaic/`` (:func:`write_mosaic_array`, or an OME-Zarr referenced in
+place) and ``xrf/`` (:func:`write_xrf_cube`, :func:`import_element_maps`) and the
+import commands that join a reader of :mod:`napari_nightwatch.io` to them
+(:func:`import_mosaic`, :func:`import_xrf`). Every write goes through
+:meth:`PaintingStore.replace_part`, so a failed re-import leaves the previous part intact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import NightwatchError
+from ..core.geometry import as_affine
+from ..core.jsonutil import jsonable
+from ..core.progress import ProgressCallback, report
+from ..core.spectra import EnergyCalibration
+from ..io.dzi import DeepZoomImage, find_dzi
+from ..io.element_maps import read_element_map
+from ..io.mosaic import (
+    CHANNEL_COLORS,
+    CHANNEL_NAMES,
+    DEFAULT_PIXEL_SIZE_UM,
+    RASTER_SUFFIXES,
+    TIFF_SUFFIXES,
+    UNIT_TO_UM,
+    AxesImage,
+    as_yxc,
+    find_ngff_image,
+    mean_2x2,
+    open_tiff,
+    pyramid_shapes,
+    read_raster,
+    validate_image,
+)
+from ..io.ngff import write_image_metadata
+from ..io.streaming import is_dask, store_dask
+from ..io.xrf_files import check_energy_axis, cube_chunks, read_cube
+from . import layout
+from .painting import PaintingStore, file_signature
+
+
+def write_mosaic_array(
+    store: PaintingStore,
+    image,
+    *,
+    pixel_size_um: float,
+    source: str,
+    chunk: int = 512,
+    progress: ProgressCallback | None = None,
+    **extra_attrs: Any,
+) -> None:
+    """Stream a mosaic image into the store's ``mosaic/`` NGFF 0.5 pyramid.
+
+    Parameters
+    ----------
+    store
+        A writable :class:`~napari_nightwatch.store.PaintingStore`. An existing mosaic is replaced.
+    image
+        Array-like ``(y, x, c)`` with c = 1, 3 or 4, or ``(y, x)``; uint8 or uint16. numpy, dask
+        or any object that supports ``shape``, ``dtype`` and slicing (e.g. a zarr array); only
+        one ``chunk x chunk`` region is read at a time.
+    pixel_size_um
+        Level-0 pixel size in micrometres.
+    source
+        What the pixels came from (path or description), recorded as provenance.
+    chunk
+        Edge of the stored chunks ``(c, chunk, chunk)`` and of the regions read.
+    progress
+        ``progress(done, total, stage)``; may raise :class:`~napari_nightwatch.core.errors.Cancelled`.
+    **extra_attrs
+        Further JSON-able entries for ``attrs["nightwatch"]`` (e.g. ``source_signature``).
+
+    Notes
+    -----
+    Level ``k`` is the factor-2 mean of level ``k-1`` (read back from the store chunk by
+    chunk), down to a short side of at most 512 pixels. The part is marked complete
+    only after every level is written; on any error (including ``Cancelled``) the
+    partial ``mosaic/`` is removed, so the store never shows a half-written mosaic.
+    """
+    store.require_writable()
+    validate_image(image, f"The mosaic image from {source}")
+    if not (pixel_size_um and np.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise NightwatchError(f"pixel_size_um={pixel_size_um!r} must be a positive number of micrometres.")
+    chunk = int(chunk)
+    if chunk < 16:
+        raise NightwatchError(f"chunk={chunk} is too small; expected at least 16 pixels.")
+    image = as_yxc(image)
+    h, w, c = (int(v) for v in image.shape)
+    dtype = np.dtype(image.dtype)
+    shapes = pyramid_shapes(h, w)
+    grids = [(math.ceil(lh / chunk), math.ceil(lw / chunk)) for lh, lw in shapes]
+    total = sum(gy * gx for gy, gx in grids)
+
+    with store.replace_part(layout.MOSAIC) as (g, made_from):
+        arrays = []
+        for k, (lh, lw) in enumerate(shapes):
+            arrays.append(
+                g.create_array(
+                    str(k),
+                    shape=(c, lh, lw),
+                    dtype=dtype,
+                    chunks=(c, min(chunk, lh), min(chunk, lw)),
+                    dimension_names=("c", "y", "x"),
+                    fill_value=0,
+                )
+            )
+        done = 0
+        first = 0
+        if is_dask(image):
+            # one dask graph writes level 0 (each source chunk computed once, not once per region)
+            store_dask(image.transpose(2, 0, 1).astype(dtype), arrays[0], progress=progress, stage="mosaic level 0")
+            done, first = grids[0][0] * grids[0][1], 1
+        report(progress, done, total, "mosaic")
+        for k, (lh, lw) in enumerate(shapes):
+            if k < first:
+                continue
+            gy, gx = grids[k]
+            for iy in range(gy):
+                y0, y1 = iy * chunk, min((iy + 1) * chunk, lh)
+                for ix in range(gx):
+                    x0, x1 = ix * chunk, min((ix + 1) * chunk, lw)
+                    if k == 0:
+                        tile = np.asarray(image[y0:y1, x0:x1]).transpose(2, 0, 1)
+                    else:
+                        finer = arrays[k - 1]
+                        tile = mean_2x2(
+                            np.asarray(finer[:, 2 * y0 : min(2 * y1, finer.shape[1]), 2 * x0 : min(2 * x1, finer.shape[2])])
+                        )
+                    arrays[k][:, y0:y1, x0:x1] = tile.astype(dtype, copy=False)
+                    done += 1
+                    report(progress, done, total, "mosaic")
+        downsamples = [2**k for k in range(len(shapes))]
+        write_image_metadata(
+            g,
+            "cyx",
+            [[1.0, pixel_size_um * d, pixel_size_um * d] for d in downsamples],
+            name=Path(str(source)).name,
+            channel_names=CHANNEL_NAMES[c],
+            channel_colors=CHANNEL_COLORS[c],
+            contrast_limits=[(0, float(np.iinfo(dtype).max))] * c,
+        )
+        attrs = {
+            "shape": [h, w, c],
+            "dtype": dtype.name,
+            "pixel_size_um": float(pixel_size_um),
+            "downsamples": downsamples,
+            "axes": "cyx",
+            "source": str(source),
+            "chunk": chunk,
+        }
+        attrs.update(extra_attrs)
+        g.attrs["nightwatch"] = jsonable(attrs)
+        made_from.update(
+            source=str(source),
+            source_signature=extra_attrs.get("source_signature"),
+            shape=[h, w, c],
+            pixel_size_um=float(pixel_size_um),
+        )
+
+
+def open_or_create(store: PaintingStore | str | Path) -> PaintingStore:
+    """A writable store: the given one, an existing path opened r+, or a new store."""
+    if isinstance(store, PaintingStore):
+        store.require_writable()
+        return store
+    p = Path(store)
+    if p.exists():
+        return PaintingStore.open(p, mode="r+")
+    return PaintingStore.create(p)
+
+
+def source_file_signature(path: Path) -> str | None:
+    try:
+        return file_signature(path)
+    except OSError:
+        return None
+
+
+def _reference_ngff(path: Path, store: PaintingStore, pixel_size_um: float | None) -> None:
+    """Record an OME-Zarr image in place (no pixel copied) as the store's mosaic."""
+    from ..io.ngff import axes_names, multiscale_paths, read_multiscales
+
+    image = find_ngff_image(path)
+    ms = read_multiscales(image)
+    axes = axes_names(image).lower()
+    try:
+        view = AxesImage(image[multiscale_paths(image)[0]], axes)
+    except ValueError as exc:
+        raise NightwatchError(f"The OME-Zarr image {path} has axes {axes!r}; expected y and x axes (plus optional c, z, t).") from exc
+    validate_image(view, f"The OME-Zarr image {path}")
+    h, w, c = view.shape
+    yi = axes.index("y")
+    scales = []
+    for d in ms["datasets"]:
+        s = 1.0
+        for t in d.get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                s = float(t["scale"][yi])
+        scales.append(s)
+    axis_meta = ms.get("axes", [])[yi]
+    unit = axis_meta.get("unit") if isinstance(axis_meta, dict) else None
+    factor = UNIT_TO_UM.get(unit) if unit else None
+    note = None
+    if pixel_size_um is not None:
+        size_um, origin = float(pixel_size_um), "given"
+    elif factor is not None:
+        size_um, origin = scales[0] * factor, "NGFF scale"
+    else:
+        size_um, origin = DEFAULT_PIXEL_SIZE_UM, "default"
+        note = f"the OME-Zarr scale has no known unit ({unit!r}); {DEFAULT_PIXEL_SIZE_UM} um per pixel assumed"
+    downsamples = [max(1, round(s / scales[0])) if scales[0] > 0 else 2**i for i, s in enumerate(scales)]
+    ref_path = str(Path(image.store.root).resolve() / image.path) if hasattr(image.store, "root") else str(path.resolve())
+    with store.replace_part(layout.MOSAIC) as (g, made_from):
+        attrs: dict[str, Any] = {
+            "reference": ref_path,
+            "shape": [h, w, c],
+            "dtype": view.dtype.name,
+            "pixel_size_um": size_um,
+            "pixel_size_from": origin,
+            "downsamples": downsamples,
+            "axes": axes,
+            "source": str(path.resolve()),
+            "source_signature": source_file_signature(path),
+            "ngff_version": (dict(image.attrs).get("ome", {}) or ms).get("version"),
+        }
+        if note:
+            attrs["pixel_size_note"] = note
+        g.attrs["nightwatch"] = jsonable(attrs)
+        made_from.update(source=str(path.resolve()), reference=ref_path, source_signature=attrs["source_signature"],
+                         shape=[h, w, c], pixel_size_um=size_um)
+
+
+def import_mosaic(
+    source: str | Path,
+    store: PaintingStore | str | Path,
+    *,
+    pixel_size_um: float | None = None,
+    chunk: int = 512,
+    progress: ProgressCallback | None = None,
+) -> PaintingStore:
+    """Import a visible-light mosaic into a painting store.
+
+    Parameters
+    ----------
+    source
+        An OME-Zarr image (NGFF 0.4 / zarr v2 or 0.5 / zarr v3; referenced in place, never
+        copied or written to), a TIFF/BigTIFF or pyramidal OME-TIFF (level 0 read lazily),
+        a PNG/JPEG, or a Deep Zoom image (the ``.dzi`` file, its folder, or its ``_files`` folder).
+        RGB, RGBA or greyscale, 8 or 16 bit.
+    store
+        A writable :class:`~napari_nightwatch.store.PaintingStore` or a path; a missing
+        store is created (and removed again if the import fails).
+    pixel_size_um
+        Level-0 pixel size in micrometres; default: from the source (OME PhysicalSizeX,
+        NGFF scale, TIFF/PNG resolution) or 5.0 um, noted in ``attrs["pixel_size_note"]``.
+    chunk
+        Store chunk edge; memory use is a few chunks, whatever the image size (TIFF, DZI).
+    progress
+        ``progress(done, total, stage)``; may raise :class:`~napari_nightwatch.core.errors.Cancelled`.
+
+    Returns
+    -------
+    PaintingStore
+        The store, with a complete "mosaic" part.
+    """
+    src = Path(source)
+    if not src.exists():
+        raise NightwatchError(f"Mosaic source {src} does not exist.")
+    if pixel_size_um is not None and not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise NightwatchError(f"pixel_size_um={pixel_size_um!r} must be a positive number of micrometres.")
+    suffix = "".join(src.suffixes[-2:]).lower() if src.is_file() else src.suffix.lower()
+    kind = None
+    if src.is_dir() and ((src / "zarr.json").exists() or (src / ".zgroup").exists() or (src / ".zattrs").exists()):
+        kind = "ngff"
+    elif find_dzi(src) is not None:
+        kind = "dzi"
+    elif src.is_file() and src.suffix.lower() in TIFF_SUFFIXES:
+        kind = "tiff"
+    elif src.is_file() and src.suffix.lower() in RASTER_SUFFIXES:
+        kind = "raster"
+    if kind is None:
+        raise NightwatchError(
+            f"Mosaic source {src} ({suffix or 'folder'}) is not a supported format; expected an OME-Zarr folder, "
+            ".tif/.tiff/.ome.tif, .png, .jpg/.jpeg, or a Deep Zoom .dzi image."
+        )
+    created = not isinstance(store, PaintingStore) and not Path(store).exists()
+    # open the source before touching the store, so an unreadable source leaves no store behind
+    closer = None
+    try:
+        if kind == "tiff":
+            try:
+                image, size_from_file, origin, closer = open_tiff(src)
+            except NightwatchError:
+                raise
+            except Exception as exc:
+                raise NightwatchError(f"{src} could not be read as a TIFF image ({exc}).") from exc
+        elif kind == "raster":
+            try:
+                image, size_from_file, origin = read_raster(src)
+            except Exception as exc:
+                raise NightwatchError(f"{src} could not be read as a PNG/JPEG image ({exc}).") from exc
+        elif kind == "dzi":
+            image, size_from_file, origin = DeepZoomImage(find_dzi(src)), None, "default"
+        else:
+            image = None
+        ps = open_or_create(store)
+        try:
+            if kind == "ngff":
+                report(progress, 0, 1, "mosaic")
+                _reference_ngff(src, ps, pixel_size_um)
+                report(progress, 1, 1, "mosaic")
+                return ps
+            if kind == "dzi":
+                # the descriptor alone does not change when tiles do: sign the tile tree too
+                sig = f"{source_file_signature(image.path)}+{source_file_signature(image.tile_dir)}"
+            else:
+                sig = source_file_signature(src)
+            extra: dict[str, Any] = {"source_signature": sig, "source_format": kind}
+            if pixel_size_um is not None:
+                size_um, extra["pixel_size_from"] = float(pixel_size_um), "given"
+            elif size_from_file is not None:
+                size_um, extra["pixel_size_from"] = float(size_from_file), origin
+            else:
+                size_um, extra["pixel_size_from"] = DEFAULT_PIXEL_SIZE_UM, "default"
+                extra["pixel_size_note"] = f"the source gives no pixel size; {DEFAULT_PIXEL_SIZE_UM} um assumed"
+            write_mosaic_array(ps, image, pixel_size_um=size_um, source=str(src.resolve()), chunk=chunk,
+                               progress=progress, **extra)
+            return ps
+        except BaseException:
+            if created:
+                import shutil
+
+                shutil.rmtree(ps.path, ignore_errors=True)
+            raise
+    finally:
+        if closer is not None:
+            closer.close()
+
+
+def default_xrf_affine(store: PaintingStore, xrf_pixel_size_um: float) -> np.ndarray:
+    """XRF pixel -> level-0 mosaic pixel affine that is the identity in micrometres.
+
+    Pixel centres sit at integer coordinates in both grids, so XRF pixel ``i`` (footprint
+    ``[i, i+1) * xrf_px`` um) maps to mosaic coordinate ``(i + 0.5) * r - 0.5`` with
+    ``r = xrf_px / mosaic_px``. Without a mosaic, the identity.
+    """
+    if not store.has_mosaic:
+        return np.eye(3)
+    r = float(xrf_pixel_size_um) / store.mosaic_pixel_size_um
+    t = (r - 1.0) / 2.0
+    return np.array([[r, 0.0, t], [0.0, r, t], [0.0, 0.0, 1.0]])
+
+
+def write_xrf_cube(
+    store: PaintingStore,
+    cube,
+    *,
+    calibration: EnergyCalibration,
+    pixel_size_um: float,
+    source: str,
+    affine=None,
+    progress: ProgressCallback | None = None,
+    **extra_attrs: Any,
+) -> None:
+    """Stream an MA-XRF cube ``(y, x, energy)`` into the store's ``xrf/`` part.
+
+    Parameters
+    ----------
+    store
+        A writable :class:`~napari_nightwatch.store.PaintingStore`; an existing ``xrf/`` is replaced.
+    cube
+        numpy, dask or zarr array ``(y, x, energy)`` of counts (integer or float). Read one
+        chunk ``(cy, cx, E)`` at a time.
+    calibration
+        Energy calibration of the last axis (keV).
+    pixel_size_um
+        XRF pixel size in micrometres.
+    source
+        What the cube came from, recorded as provenance.
+    affine
+        3x3 XRF pixel ``(y, x, 1)`` -> level-0 mosaic pixel. Default: identity in micrometres
+        over the store's mosaic (see :func:`default_xrf_affine`), "identity until registered".
+    progress
+        ``progress(done, total, stage)``; may raise :class:`~napari_nightwatch.core.errors.Cancelled`.
+    **extra_attrs
+        Further JSON-able entries for ``attrs["nightwatch"]`` (``live_time_s``, ``excitation_kev``, ...).
+
+    Notes
+    -----
+    Writes ``xrf/cube`` (chunks ``(cy, cx, E)`` of about 4 MB), ``xrf/sum_spectrum`` and
+    ``xrf/max_spectrum`` (float64, accumulated while streaming) and ``xrf/total`` (NGFF 0.5
+    image of total counts per pixel). Marked complete last; on any error the partial
+    ``xrf/`` is removed and the part stays incomplete.
+    """
+    store.require_writable()
+    if not isinstance(calibration, EnergyCalibration):
+        raise NightwatchError(f"calibration for {source} must be an EnergyCalibration; got {type(calibration).__name__}.")
+    if getattr(cube, "ndim", None) != 3:
+        raise NightwatchError(
+            f"The MA-XRF data from {source} has shape {tuple(getattr(cube, 'shape', ()))}; expected a 3-D cube "
+            "(y, x, energy)."
+        )
+    ny, nx, ne = (int(v) for v in cube.shape)
+    if min(ny, nx) < 1 or ne < 2:
+        raise NightwatchError(f"The MA-XRF cube from {source} has shape {(ny, nx, ne)}; expected at least 1x1 pixels and 2 energy channels.")
+    dtype = np.dtype(cube.dtype)
+    if dtype.kind not in "uif":
+        raise NightwatchError(f"The MA-XRF cube from {source} has type {dtype}; expected integer or float counts.")
+    if not (pixel_size_um and np.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise NightwatchError(f"pixel_size_um={pixel_size_um!r} for {source} must be a positive number of micrometres.")
+    check_energy_axis(ne, calibration, f"The MA-XRF cube from {source}")
+    aff = default_xrf_affine(store, pixel_size_um) if affine is None else as_affine(affine)
+
+    cy, cx, _ = cube_chunks((ny, nx, ne), dtype.itemsize)
+    gy, gx = math.ceil(ny / cy), math.ceil(nx / cx)
+    total_steps = gy * gx
+    with store.replace_part(layout.XRF) as (g, made_from):
+        arr = g.create_array(
+            "cube", shape=(ny, nx, ne), dtype=dtype, chunks=(cy, cx, ne), dimension_names=("y", "x", "energy"), fill_value=0
+        )
+        tg = g.require_group("total")
+        tot = tg.create_array(
+            "0", shape=(ny, nx), dtype=np.float64, chunks=(min(ny, 1024), min(nx, 1024)), dimension_names=("y", "x"), fill_value=0
+        )
+        sum_spec = np.zeros(ne, np.float64)
+        max_spec = np.full(ne, -np.inf, np.float64)
+        if is_dask(cube):
+            # one dask graph writes the cube (each source chunk computed once); the
+            # summaries are then read back from our own chunks
+            store_dask(cube, arr, progress=progress, stage="xrf cube")
+            blocks, stage = arr, "xrf summaries"
+        else:
+            blocks, stage = cube, "xrf cube"
+        report(progress, 0, total_steps, stage)
+        done = 0
+        for iy in range(gy):
+            y0, y1 = iy * cy, min((iy + 1) * cy, ny)
+            row_total = np.empty((y1 - y0, nx), np.float64)
+            for ix in range(gx):
+                x0, x1 = ix * cx, min((ix + 1) * cx, nx)
+                block = np.asarray(blocks[y0:y1, x0:x1, :])
+                if blocks is cube:
+                    arr[y0:y1, x0:x1, :] = block
+                b64 = block.astype(np.float64, copy=False)
+                sum_spec += b64.sum(axis=(0, 1))
+                np.maximum(max_spec, b64.max(axis=(0, 1)), out=max_spec)
+                row_total[:, x0:x1] = b64.sum(axis=2)
+                done += 1
+                report(progress, done, total_steps, stage)
+            tot[y0:y1, :] = row_total
+        g.create_array("sum_spectrum", shape=(ne,), dtype=np.float64, chunks=(ne,), dimension_names=("energy",))[...] = sum_spec
+        g.create_array("max_spectrum", shape=(ne,), dtype=np.float64, chunks=(ne,), dimension_names=("energy",))[...] = max_spec
+        write_image_metadata(tg, "yx", [[pixel_size_um, pixel_size_um]], name="xrf total counts")
+        attrs: dict[str, Any] = {
+            "kind": "cube",
+            "shape": [ny, nx, ne],
+            "dtype": dtype.name,
+            "calibration": calibration.to_dict(),
+            "pixel_size_um": float(pixel_size_um),
+            "affine": aff.tolist(),
+            "source": str(source),
+        }
+        attrs.update(extra_attrs)
+        g.attrs["nightwatch"] = jsonable(attrs)
+        made_from.update(
+            source=str(source),
+            source_signature=extra_attrs.get("source_signature"),
+            shape=[ny, nx, ne],
+            calibration=calibration.to_dict(),
+        )
+
+
+# ------------------------------------------------------------------------------ import
+def import_xrf(
+    source: str | Path,
+    store: PaintingStore | str | Path,
+    *,
+    calibration: EnergyCalibration | None = None,
+    pixel_size_um: float | None = None,
+    dataset: str | None = None,
+    affine=None,
+    progress: ProgressCallback | None = None,
+    energy_axis: int | None = None,
+) -> PaintingStore:
+    """Import an MA-XRF cube file into a painting store (:func:`read_cube` + :func:`write_xrf_cube`).
+
+    Parameters
+    ----------
+    source
+        A cube file, see :func:`read_cube`. Never written to.
+    store
+        A writable :class:`~napari_nightwatch.store.PaintingStore` or a path (created if missing,
+        and removed again if the import fails).
+    calibration
+        Energy calibration in keV; overrides the file's. Required when the file has none.
+    pixel_size_um
+        XRF pixel size in micrometres; overrides the file's. Required when the file has none.
+    dataset
+        Cube path inside an HDF5 file or zarr group.
+    affine
+        3x3 XRF pixel -> level-0 mosaic pixel; default identity in micrometres over the mosaic.
+    progress
+        ``progress(done, total, stage)``; may raise :class:`~napari_nightwatch.core.errors.Cancelled`.
+    energy_axis
+        Which axis of an HDF5/npy/zarr array is energy (default: guessed, see :func:`guess_energy_axis`).
+
+    Returns
+    -------
+    PaintingStore
+        The store with a complete "xrf" part.
+    """
+    src = Path(source)
+    cube = read_cube(src, dataset=dataset, energy_axis=energy_axis)
+    calib = calibration if calibration is not None else cube.calibration
+    if calib is None:
+        raise NightwatchError(
+            f"{src} carries no energy calibration; give one (calibration=EnergyCalibration(offset_kev, gain_kev), "
+            "CLI: --energy-offset-kev and --energy-gain-kev)."
+        )
+    px = pixel_size_um if pixel_size_um is not None else cube.pixel_size_um
+    if px is None:
+        raise NightwatchError(f"{src} does not say its pixel size; give it in micrometres (pixel_size_um=..., CLI: --pixel-size-um).")
+    check_energy_axis(int(cube.data.shape[-1]), calib, f"{src}")
+    extra = {k: v for k, v in cube.metadata.items() if k in ("live_time_s", "real_time_s", "excitation_kev", "format", "dataset")}
+    extra["source_signature"] = source_file_signature(src)
+    extra["calibration_from"] = "given" if calibration is not None else "file"
+    extra["pixel_size_from"] = "given" if pixel_size_um is not None else "file"
+    if calibration is not None and cube.calibration is not None:
+        extra["file_calibration"] = cube.calibration.to_dict()
+    created = not isinstance(store, PaintingStore) and not Path(store).exists()
+    ps = open_or_create(store)
+    try:
+        write_xrf_cube(ps, cube.data, calibration=calib, pixel_size_um=float(px), source=str(src.resolve()), affine=affine,
+                       progress=progress, **extra)
+    except BaseException:
+        if created:
+            import shutil
+
+            shutil.rmtree(ps.path, ignore_errors=True)
+        raise
+    return ps
+
+
+def import_element_maps(
+    store,
+    maps: Mapping[str, str | Path | np.ndarray],
+    *,
+    pixel_size_um: float | None = None,
+    affine: np.ndarray | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Import exported element maps as the XRF modality of a painting store.
+
+    Parameters
+    ----------
+    store
+        A :class:`~napari_nightwatch.store.PaintingStore` opened "r+" (a path is
+        opened for you).
+    maps
+        ``{element name: image path or 2-D array}``; all maps must share one shape.
+    pixel_size_um
+        Size of a map pixel.  Without it, the maps are stretched over the mosaic
+        (same extent, aspect kept) until registered with control points.
+    affine
+        Explicit XRF px -> level-0 mosaic px affine (overrides ``pixel_size_um``).
+    overwrite
+        Replace existing XRF data (a cube or earlier maps).
+    progress
+        Optional progress callback.
+
+    Returns
+    -------
+    dict
+        Summary: elements, shape, pixel size, affine.
+    """
+    if not isinstance(store, PaintingStore):
+        store = PaintingStore.open(store, mode="r+")
+    store.require_writable()
+    if not maps:
+        raise NightwatchError("Give at least one element map (--map NAME=FILE).")
+    if store.has("xrf") and store.is_complete("xrf") and not overwrite:
+        raise NightwatchError(
+            f"{store.path} already holds MA-XRF data ({store.xrf_kind}); pass overwrite=True (--overwrite) to replace it."
+        )
+    names, images, sources = [], [], {}
+    for i, (name, src) in enumerate(maps.items()):
+        name = str(name).strip()
+        if not name or "/" in name:
+            raise NightwatchError(f"Element map name {name!r} must be a non-empty name such as 'Pb-L' (no '/').")
+        if name in names:
+            raise NightwatchError(f"Element map name {name!r} is given twice.")
+        if isinstance(src, np.ndarray):
+            img = np.asarray(src, dtype=np.float32)
+            if img.ndim != 2:
+                raise NightwatchError(f"Element map {name!r} has shape {img.shape}; expected a 2-D array.")
+            sources[name] = "array"
+        else:
+            img = read_element_map(src)
+            sources[name] = {"path": str(Path(src).resolve()), "signature": file_signature(src)}
+        if images and img.shape != images[0].shape:
+            raise NightwatchError(
+                f"Element map {name!r} is {img.shape[0]} x {img.shape[1]} px but {names[0]!r} is "
+                f"{images[0].shape[0]} x {images[0].shape[1]} px; all maps must share one pixel grid."
+            )
+        names.append(name)
+        images.append(img)
+        report(progress, i + 1, len(maps) + 1, "reading element maps")
+    ny, nx = images[0].shape
+    if affine is not None:
+        aff = as_affine(affine)
+        px = float(pixel_size_um) if pixel_size_um else float(np.sqrt(abs(np.linalg.det(aff[:2, :2])))) * (
+            store.mosaic_pixel_size_um if store.has_mosaic else 1.0
+        )
+    elif pixel_size_um is not None:
+        if not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
+            raise NightwatchError(f"pixel_size_um={pixel_size_um!r} must be a positive number of micrometres.")
+        px = float(pixel_size_um)
+        aff = default_xrf_affine(store, px)
+    elif store.has_mosaic:
+        # unregistered exports usually show the whole object, like the photograph
+        h, w = store.mosaic_shape
+        r = min(h / ny, w / nx)
+        px = r * store.mosaic_pixel_size_um
+        aff = default_xrf_affine(store, px)
+    else:
+        px, aff = 1.0, np.eye(3)
+
+    stack = np.stack(images, 0)
+    with store.replace_part(layout.XRF) as (g, made_from):
+        arr = g.create_array(
+            "maps", shape=stack.shape, dtype=np.float32, chunks=(1, min(ny, 1024), min(nx, 1024)),
+            dimension_names=("c", "y", "x"),
+        )
+        arr[...] = stack
+        tg = g.require_group("total")
+        tot = tg.create_array("0", shape=(ny, nx), dtype=np.float64, chunks=(min(ny, 1024), min(nx, 1024)))
+        # "total" for viewers and registration: the sum of the maps scaled to a common range
+        scale = np.nanpercentile(stack.reshape(len(names), -1), 99, axis=1)
+        tot[...] = np.nansum(stack / np.maximum(scale, 1e-12)[:, None, None], axis=0)
+        write_image_metadata(tg, "yx", [[px, px]], name="xrf element maps (sum)")
+        g.attrs["nightwatch"] = jsonable(
+            {
+                "kind": "maps",
+                "shape": [ny, nx],
+                "elements": names,
+                "pixel_size_um": px,
+                "affine": aff.tolist(),
+                "source": sources,
+            }
+        )
+        made_from.update(kind="maps", elements=names, shape=[ny, nx], source=sources)
+    report(progress, len(maps) + 1, len(maps) + 1, "reading element maps")
+    return {"elements": names, "shape": [ny, nx], "pixel_size_um": px, "affine": aff.tolist(), "store": str(store.path)}
+
+
+def load_imported_maps(store) -> tuple[list[str], np.ndarray]:
+    """Names and ``(c, y, x)`` float32 intensities of imported element maps."""
+    info = store.xrf_info
+    if info.get("kind") != "maps":
+        raise NightwatchError(f"{store.path} holds an MA-XRF cube, not imported element maps.")
+    return list(info["elements"]), np.asarray(store.root[layout.XRF_IMPORTED_MAPS][...], dtype=np.float32)
