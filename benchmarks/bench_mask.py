@@ -79,10 +79,9 @@ def best_of(fn, repeats: int) -> tuple[float, np.ndarray]:
 
 def main(argv=None) -> int:
     from napari_nightwatch.core.tiling import TileGrid
-    from napari_nightwatch.ml.embed import _auto_mask, _mask_level
     from napari_nightwatch.store import PaintingStore
     from napari_nightwatch.store.sources import write_mosaic_array
-    from napari_nightwatch.store.tiles import MASK_MIN_PX, MASK_MIN_STD
+    from napari_nightwatch.store.tiles import MASK_MIN_PX, MASK_MIN_STD, _auto_mask, _mask_level
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=4096)

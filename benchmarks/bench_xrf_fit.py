@@ -112,7 +112,7 @@ def _worker_ours(job: dict) -> dict:
 def _worker_memory(job: dict) -> dict:
     import threading
 
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
     from napari_nightwatch.xrf.maps import fit_store
 
     def rss_mb() -> float:
@@ -179,8 +179,8 @@ def main(argv=None) -> int:
         return 0
 
     from napari_nightwatch.core.spectra import EnergyCalibration
-    from napari_nightwatch.io.xrf_files import write_xrf_cube
-    from napari_nightwatch.project import PaintingStore
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.sources import write_xrf_cube
     from napari_nightwatch.xrf.background import snip_width_channels
     from napari_nightwatch.xrf.fit import build_fit_model
     from napari_nightwatch.xrf.scene import painted_scene
