@@ -32,7 +32,12 @@ def _short(value: Any) -> str:
     return json.dumps(jsonable(value), default=str, sort_keys=True)[:120]
 
 
-def mismatch(stored: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str] | None = None) -> str | None:
+def mismatch(
+    stored: Mapping[str, Any],
+    current: Mapping[str, Any],
+    keys: Iterable[str] | None = None,
+    labels: tuple[str, str] = ("stored", "now"),
+) -> str | None:
     """Name the first hard entry where two signatures differ, or None when they agree.
 
     Parameters
@@ -44,6 +49,8 @@ def mismatch(stored: Mapping[str, Any], current: Mapping[str, Any], keys: Iterab
     keys
         Restrict the comparison to these keys (default: every key of ``current`` that
         is not a soft key).
+    labels
+        How the two sides are named in the sentence.
 
     Returns
     -------
@@ -53,7 +60,7 @@ def mismatch(stored: Mapping[str, Any], current: Mapping[str, Any], keys: Iterab
     names = [k for k in (current if keys is None else keys) if k not in SOFT_KEYS]
     for k in names:
         if k in current and jsonable(stored.get(k)) != jsonable(current.get(k)):
-            return f"{k} {_short(stored.get(k))} (stored) vs {_short(current.get(k))} (now)"
+            return f"{k} {_short(stored.get(k))} ({labels[0]}) vs {_short(current.get(k))} ({labels[1]})"
     return None
 
 

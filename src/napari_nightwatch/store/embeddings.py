@@ -44,11 +44,12 @@ def list_embeddings(store: PaintingStore, complete_only: bool = True) -> dict[st
     out: dict[str, list[str]] = {}
     if not store.has(layout.GRIDS):
         return out
+    done = store.completed()  # one read of the records, not one per model
     for gid, g in store.root[layout.GRIDS].groups():
         models = []
         if "embeddings" in g:
             for mid, _ in g["embeddings"].groups():
-                if not complete_only or store.is_complete(layout.embeddings(gid, mid)):
+                if not complete_only or layout.embeddings(gid, mid) in done:
                     models.append(mid)
         out[gid] = sorted(models)
     return out
@@ -249,11 +250,11 @@ class Embeddings:
         """Refuse a query model (or encoder) whose signature differs from the one that made these embeddings."""
         keys = [k for k in ("model", "pretrained", "model_hash", "dim", "preprocessing", "source", "grid")
                 if k in self.signature and k in other]
-        bad = signature.mismatch(other, self.signature, keys)
+        bad = signature.mismatch(other, self.signature, keys, labels=("query", "embeddings"))
         if bad:
             raise NightwatchError(
                 f"The signature of {what} differs from that of the embeddings {self.grid_id}/{self.model_id} in "
-                f"{self.store.path} ({bad.replace('(stored)', '(query)').replace('(now)', '(embeddings)')}); "
+                f"{self.store.path} ({bad}); "
                 "re-embed or use the matching model."
             )
 

@@ -586,7 +586,7 @@ def import_element_maps(
     store.require_writable()
     if not maps:
         raise NightwatchError("Give at least one element map (--map NAME=FILE).")
-    if store.has("xrf") and store.is_complete("xrf") and not overwrite:
+    if store.has(layout.XRF) and store.is_complete(layout.XRF) and not overwrite:
         raise NightwatchError(
             f"{store.path} already holds MA-XRF data ({store.xrf_kind}); pass overwrite=True (--overwrite) to replace it."
         )

@@ -11,6 +11,7 @@ import numpy as np
 
 from ...core.errors import NightwatchError
 from ...core.progress import ProgressCallback, report
+from ...store import layout
 from ...xrf.metrics import block_ssim, leave_block_out_r, pearson_r, top_k_rows
 from .models import XrfBridge, load_xrf_bridge, open_tile_embeddings
 from .split import TEST, VAL
@@ -281,7 +282,8 @@ def export_predicted_maps(store, name: str | None, out_dir: str | Path) -> list[
 
     if not store.has("predicted"):
         raise NightwatchError(f"{store.path} has no predicted maps yet; run `nightwatch predict-xrf`.")
-    names = sorted(n for n, _ in store.root["predicted"].groups() if store.is_complete(f"predicted/{n}"))
+    done = store.completed()  # one read of the records, not one per set of maps
+    names = sorted(n for n, _ in store.root[layout.PREDICTED].groups() if layout.predicted(n) in done)
     if name is None:
         if not names:
             raise NightwatchError(f"{store.path} has no complete predicted maps; run `nightwatch predict-xrf`.")
