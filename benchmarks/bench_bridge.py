@@ -1,21 +1,26 @@
-"""XRF bridge figures (issue 5), measured side by side in one run on one synthetic painting.
+"""XRF bridge against plain baselines (issue 13), side by side in one run, on the real
+miniature and on the synthetic metamer painting.
 
-For each image encoder - the informative colour/texture encoder of the tests and
-ViT-B-32 at random weights (the real architecture; pretrained weights cannot be
-reached here) - the same pipeline runs on the same store: fitted element maps,
-automatic registration, a tile grid, embeddings, spectrum-encoder + inverse-head
-training, prediction. Printed per encoder:
+For each painting the same pipeline runs on one store: element maps (imported and
+registered for the miniature: ``miniature-vis-xrf``'s Cu and As maps onto its
+photograph with the by-eye control points of ``tests/test_bridge_registration.py``
+plus the automatic similarity refinement; fitted from the cube for the synthetic
+painting), a tile grid, CLIP embeddings at random weights (the tiny registered
+config, or ``--model ViT-B-32``), bridge training, prediction. Printed per split
+(spatial blocks, and train on the left half / predict the right half):
 
-- spectrum -> tile retrieval precision@10 by ground-truth surface pigment, for
-  single-pixel and 3x3-region queries (five pure pixels per surface pigment);
-- per-element Pearson r and SSIM of the predicted maps on held-out blocks;
-- the hidden-ground lead: on held-out tiles whose surface is not lead paint, the
-  fraction flagged "no evidence" and the fraction confidently wrong (unflagged and
-  off by more than 3 sigma);
-- training time and registration error.
+- held-out r (and SSIM) per element of the kept method, of each baseline
+  (colour-statistics kNN, colour + texture ridge) and of the CLIP head alone, the
+  mean r and the largest shortfall of the kept method against the best baseline;
+- the spectrum door: an element-vector / spectrum query made from tiles of the
+  training area retrieves tiles of the held-out area; precision@10 scored by the
+  hidden measured composition of the hits (a hit is right when its composition class,
+  each element above or below half its 95th percentile, is the query's), against the
+  colour proxy (held-out tiles nearest in colour statistics to the training tiles of
+  the query's class).
 
-Usage: ``python benchmarks/bench_bridge.py [--size 1024] [--tile 32] [--skip-vit]``
-(about 5-10 minutes on 2 CPU cores at size 1024).
+Usage: ``python benchmarks/bench_bridge.py [--model nightwatch-tiny] [--epochs 60]``
+(about 5 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -31,134 +36,185 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-SURFACE_ELEMENTS = ("Hg-L", "Cu-K", "Co-K", "Fe-K", "Sn-K")
-
-
-def retrieval_precision(store, bridge, gt, grid_tiles, vectors, labels, rng) -> dict[str, float]:
-    from napari_nightwatch.ml.bridge import query_input
-
-    out = {}
-    for mode in ("pixel", "region"):
-        precs = []
-        for p in np.unique(gt.surface_labels_xrf):
-            yy, xx = gt.pure_xrf_pixels(p)
-            if len(yy) < 3:
-                continue
-            for i in rng.choice(len(yy), min(5, len(yy)), replace=False):
-                if mode == "pixel":
-                    x, _ = query_input(store, xrf_pixel=(yy[i], xx[i]))
-                else:
-                    x, _ = query_input(store, xrf_region=(yy[i] - 1, xx[i] - 1, yy[i] + 2, xx[i] + 2))
-                q = bridge.encode(x[None])[0]
-                top = np.argsort(-(vectors @ q))[:10]
-                precs.append(float((labels[top] == p).mean()))
-        out[mode] = float(np.mean(precs))
-    return out
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "miniature-vis-xrf"
+SHOWN = ("r", "r_colour_knn", "r_descriptor_ridge", "r_head")
 
 
-def run(engine, base: Path, work: Path, tile: int, gt) -> dict:
-    from _bridge_support import hidden_lead
-    from napari_nightwatch.core.geometry import apply_affine
+def miniature_store(work: Path):
+    from napari_nightwatch.cli import main
+    from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.store.sources import import_mosaic
+    from test_bridge_registration import MINIATURE_PIXEL_UM, MINIATURE_POINTS
+
+    path = work / "miniature.nightwatch.zarr"
+    import_mosaic(DATA / "2025.jpg", path, pixel_size_um=MINIATURE_PIXEL_UM)
+    quiet = ["--json"]
+    assert main(["import-maps", str(path), "--map", f"Cu-K={DATA / 'Cu.jpg'}", "--map", f"As-K={DATA / 'As-KB.jpg'}",
+                 *quiet]) == 0
+    csv = work / "points.csv"
+    csv.write_text("xrf_y,xrf_x,mosaic_y,mosaic_x\n" + "\n".join(f"{a[0]},{a[1]},{b[0]},{b[1]}" for a, b in MINIATURE_POINTS))
+    assert main(["register", str(path), "--points", str(csv), "--auto", "--refine-model", "similarity", *quiet]) == 0
+    return PaintingStore.open(path, mode="r+")
+
+
+def metamer_store(work: Path, size: int):
+    from napari_nightwatch.synth import load_ground_truth, synthesize_painting
+    from napari_nightwatch.xrf.maps import fit_store
+    from napari_nightwatch.xrf.registration import register_store
+
+    store = synthesize_painting(work / "metamer.nightwatch.zarr", size=size, seed=0, metamers=True)
+    gt = load_ground_truth(store)
+    fit_store(store, elements=list(gt.families), refine=False)
+    register_store(store, auto=True)
+    return store
+
+
+def composition_classes(meas: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Class per tile: bit e set where element e is above half its training 95th percentile."""
+    top = np.nanpercentile(meas[train], 95, axis=0)
+    high = meas > 0.5 * np.maximum(top, 1e-12)[None]
+    return (high * (1 << np.arange(meas.shape[1]))[None]).sum(1)
+
+
+def spectrum_door(store, bridge, emb, desc_colour, pred_name: str, elements_for_class: list[int] | None) -> dict:
+    """Precision@10 of element-vector/spectrum queries from training tiles against held-out tiles."""
+    from napari_nightwatch.xrf.pairing import footprint_matrix, pair_cube
+
+    g = store.root[f"predicted/{pred_name}"]
+    meas = np.moveaxis(np.asarray(g["measured"]), 0, -1).reshape(-1, len(bridge.element_names))
+    split = np.asarray(g["split"]).ravel()
+    tiles = emb.available
+    train_t = tiles[split[tiles] == 0]
+    test_t = tiles[split[tiles] == 2]
+    m = meas[:, elements_for_class] if elements_for_class is not None else meas
+    ok = np.isfinite(m).all(1)
+    cls = np.full(len(m), -1)
+    cls[ok] = composition_classes(m[ok], (split[ok] == 0))
+    # the encoder's input for the training tiles: element vectors (maps) or paired spectra (cube)
+    w, paired, _ = footprint_matrix(emb.grid, store.xrf_affine, store.xrf_shape, index=train_t)
+    if store.xrf_kind == "cube":
+        x = pair_cube(w, store.xrf_cube())
+    else:
+        x = meas[paired]
+    pos = {t: i for i, t in enumerate(paired.tolist())}
+    v_test = emb.read(test_t)
+    col = {t: i for i, t in enumerate(tiles.tolist())}
+    c_test = desc_colour[[col[t] for t in test_t.tolist()]]
+    c_all_train = desc_colour[[col[t] for t in train_t.tolist()]]
+    mu, sd = c_all_train.mean(0), c_all_train.std(0) + 1e-9
+    ours, proxy, n_q = [], [], 0
+    for k in np.unique(cls[test_t]):
+        q_tiles = [t for t in train_t.tolist() if cls[t] == k and t in pos]
+        if k < 0 or len(q_tiles) < 5 or (cls[test_t] == k).sum() < 10:
+            continue
+        n_q += 1
+        q = bridge.encode(x[[pos[t] for t in q_tiles]].mean(0)[None])[0]
+        top = np.argsort(-(v_test @ q))[:10]
+        ours.append(float((cls[test_t[top]] == k).mean()))
+        cq = (desc_colour[[col[t] for t in q_tiles]].mean(0) - mu) / sd
+        d = np.linalg.norm((c_test - mu) / sd - cq, axis=1)
+        proxy.append(float((cls[test_t[np.argsort(d)[:10]]] == k).mean()))
+    return {"queries": n_q, "ours": float(np.mean(ours)) if ours else None,
+            "colour_proxy": float(np.mean(proxy)) if proxy else None}
+
+
+def run_split(store, label: str, train_region, epochs: int, class_elements) -> dict:
     from napari_nightwatch.ml.bridge import (
         load_xrf_bridge,
         open_tile_embeddings,
         predict_xrf_maps,
         train_xrf_bridge,
     )
-    from napari_nightwatch.ml.embed import embed_store
-    from napari_nightwatch.store import PaintingStore
-    from napari_nightwatch.store.tiles import make_grid
+    from napari_nightwatch.ml.bridge.baselines import tile_descriptors
+    from napari_nightwatch.ml.embed import _tile_reader
 
-    path = work / f"{engine.model_id}.nightwatch.zarr"
-    shutil.copytree(base, path)
-    store = PaintingStore.open(path, mode="r+")
     t0 = time.perf_counter()
-    grid = make_grid(store, tile=tile, mask="none")
-    embed_store(store, engine, grid, batch_size=32, num_workers=1)
-    t_embed = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    trained = train_xrf_bridge(store, threads=2)
-    t_train = time.perf_counter() - t0
-    pred = predict_xrf_maps(store)
-    bridge = load_xrf_bridge(store)
-    emb = open_tile_embeddings(store)
-    vectors = emb.read(emb.available)
-    labels, _ = gt.tile_labels(emb.grid.boxes(emb.available))
-    prec = retrieval_precision(store, bridge, gt, emb.available, vectors, labels, np.random.default_rng(0))
-    ny, nx = store.xrf_shape
-    c = np.array([[0, 0], [0, nx - 1], [ny - 1, 0], [ny - 1, nx - 1]], float)
-    reg_err = float(np.abs(apply_affine(store.xrf_affine, c) - apply_affine(gt.true_affine, c)).max() / gt.xrf_pixel)
-    return {
-        "model_id": engine.model_id,
-        "n_tiles": int(emb.available.size),
-        "embed_s": round(t_embed, 1),
-        "train_s": round(t_train, 1),
-        "epochs": trained["epochs_run"],
-        "precision@10": prec,
-        "elements": {el: {k: pred["validation"][el].get(k) for k in ("r", "ssim", "method", "r_head", "r_joint", "evidence")}
-                     for el in pred["validation"]},
-        "hidden_lead": hidden_lead(store, pred["name"], gt),
-        "registration_error_xrf_px": reg_err,
-    }
+    tr = train_xrf_bridge(store, epochs=epochs, train_region=train_region, threads=2)
+    pred = predict_xrf_maps(store, encoder_id=tr["encoder_id"], name=f"bench-{label}")
+    bridge = load_xrf_bridge(store, tr["encoder_id"])
+    emb = open_tile_embeddings(store, bridge.grid_id, bridge.image_model_id)
+    colour = tile_descriptors(_tile_reader(store, emb.grid), emb.available).colour
+    door = spectrum_door(store, bridge, emb, colour, pred["name"], class_elements)
+    return {"split": label, "seconds": round(time.perf_counter() - t0, 1), "n_test": tr["n_test"],
+            "validation": pred["validation"], "door": door}
+
+
+def print_table(name: str, results: list[dict], elements: list[str]) -> None:
+    print(f"\n== {name}: held-out r (SSIM) per element; kept method = ours")
+    for res in results:
+        val = res["validation"]
+        print(f"-- split: {res['split']} ({res['n_test']} held-out tiles, {res['seconds']} s)")
+        print(f"{'element':8s} {'ours':>15s} {'kept':>17s} {'colour kNN':>15s} {'col+tex ridge':>15s} "
+              f"{'CLIP head':>15s} {'skill':>7s} {'evidence':>8s}")
+        for el in elements:
+            v = val[el]
+            cells = [f"{_f(v['r'])} ({_f(v['ssim'], 2)})", v["method"],
+                     f"{_f(v['r_colour_knn'])} ({_f(v['ssim_colour_knn'], 2)})",
+                     f"{_f(v['r_descriptor_ridge'])} ({_f(v['ssim_descriptor_ridge'], 2)})",
+                     f"{_f(v['r_head'])} ({_f(v['ssim_head'], 2)})"]
+            print(f"{el:8s} {cells[0]:>15s} {cells[1]:>17s} {cells[2]:>15s} {cells[3]:>15s} {cells[4]:>15s} "
+                  f"{_f(v['skill']):>7s} {'yes' if v['evidence'] else 'no':>8s}")
+        rs = {k: [val[el][k] for el in elements if val[el][k] is not None] for k in SHOWN}
+        best_base = [max(val[el]["r_colour_knn"] or -1, val[el]["r_descriptor_ridge"] or -1) for el in elements]
+        ours = [val[el]["r"] if val[el]["r"] is not None else -1 for el in elements]
+        print("mean r: " + ", ".join(f"{k.removeprefix('r_') if k != 'r' else 'ours'} {np.mean(v):.3f}"
+                                     for k, v in rs.items() if v)
+              + f"; mean over the per-element best baseline {np.mean(best_base):.3f}; "
+              f"ours - best baseline: mean {np.mean(ours) - np.mean(best_base):+.3f}, "
+              f"worst element {min(o - b for o, b in zip(ours, best_base, strict=True)):+.3f}")
+        d = res["door"]
+        print(f"spectrum door precision@10 by hidden measured composition ({d['queries']} queries): "
+              f"ours {_f(d['ours'])}, colour proxy {_f(d['colour_proxy'])}")
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--tile", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip-vit", action="store_true")
+    ap.add_argument("--model", default="nightwatch-tiny")
+    ap.add_argument("--epochs", type=int, default=60)
+    ap.add_argument("--metamer-size", type=int, default=512)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    from _bridge_support import ColourTextureEngine
-    from napari_nightwatch.synth import load_ground_truth, synthesize_painting
-    from napari_nightwatch.xrf.maps import fit_store
-    from napari_nightwatch.xrf.registration import register_store
+    from napari_nightwatch.ml.clip import load_clip
+    from napari_nightwatch.ml.embed import embed_store
+    from napari_nightwatch.store.tiles import make_grid
 
+    engine = load_clip(args.model, "none", device="cpu")
     work = Path(tempfile.mkdtemp(prefix="bench_bridge_"))
+    out = {}
     try:
-        base = work / "base.nightwatch.zarr"
-        t0 = time.perf_counter()
-        store = synthesize_painting(base, size=args.size, seed=args.seed)
-        gt = load_ground_truth(store)
-        fit_store(store, elements=list(gt.families), refine=False)
-        register_store(store, auto=True)
-        print(f"synthetic painting {args.size} px, maps and registration: {time.perf_counter() - t0:.1f} s", flush=True)
-        engines = [ColourTextureEngine()]
-        if not args.skip_vit:
-            from napari_nightwatch.ml.clip import load_clip
+        if DATA.exists():
+            store = miniature_store(work)
+            h, w = store.mosaic_shape
+            grid = make_grid(store, tile=48, stride=24, mask="none")
+            embed_store(store, engine, grid, batch_size=64, num_workers=1)
+            names = store.xrf_info["elements"]
+            out["miniature"] = ([run_split(store, "spatial blocks", None, args.epochs, None),
+                                 run_split(store, "train left half, test right half", (0, 0, h, w // 2), args.epochs,
+                                           None)], names)
+        else:
+            print(f"{DATA} is absent: the miniature is skipped")
+        store = metamer_store(work, args.metamer_size)
+        grid = make_grid(store, tile=16, mask="none")
+        embed_store(store, engine, grid, batch_size=256, num_workers=1)
+        from napari_nightwatch.xrf.pairing import load_element_intensity_maps
 
-            engines.append(load_clip("ViT-B-32", "none", device="cpu"))
-        results = [run(e, base, work, args.tile, gt) for e in engines]
+        names, _ = load_element_intensity_maps(store)
+        shown = [el for el in ("Hg-L", "Pb-L", "Fe-K", "Ca-K", "Cu-K", "Co-K", "As-K", "Sn-K", "Mn-K") if el in names]
+        cls_el = [list(names).index(el) for el in ("Hg-L", "Cu-K", "Co-K", "Fe-K") if el in names]
+        out["metamer painting"] = ([run_split(store, "spatial blocks", None, args.epochs, cls_el)], shown)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'figure':34s}" + "".join(f"{r['model_id'][:28]:>30s}" for r in results))
-
-    def row(name, values):
-        print(f"{name:34s}" + "".join(f"{v:>30s}" for v in values))
-
-    row("precision@10 pixel query", [f"{r['precision@10']['pixel']:.3f}" for r in results])
-    row("precision@10 3x3 region query", [f"{r['precision@10']['region']:.3f}" for r in results])
-    for el in SURFACE_ELEMENTS:
-        if el in results[0]["elements"]:
-            row(f"{el} r / SSIM (held out)", [f"{_f(r['elements'][el]['r'])} / {_f(r['elements'][el]['ssim'])}" for r in results])
-    row("Pb-L r / SSIM (held out)", [f"{_f(r['elements']['Pb-L']['r'])} / {_f(r['elements']['Pb-L']['ssim'])}" for r in results])
-    row("hidden Pb: flagged / conf. wrong", [f"{r['hidden_lead']['flagged']:.2f} / {r['hidden_lead']['confidently_wrong']:.2f}"
-                                             for r in results])
-    row("train s / embed s", [f"{r['train_s']} / {r['embed_s']}" for r in results])
-    row("registration error (XRF px)", [f"{r['registration_error_xrf_px']:.2f}" for r in results])
-    if len(results) == 2:
-        a, b = results
-        print(f"\nratio ViT-B-32(random)/informative: precision@10 pixel "
-              f"{b['precision@10']['pixel'] / max(a['precision@10']['pixel'], 1e-9):.2f}")
+    print(f"\nimage model: {args.model} at random weights; kept method chosen per element by validation r "
+          "inside the training area")
+    for name, (results, els) in out.items():
+        print_table(name, results, list(els))
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=str))
+        args.json.write_text(json.dumps({k: v[0] for k, v in out.items()}, indent=1, default=str))
 
 
-def _f(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
+def _f(v, nd: int = 3) -> str:
+    return "n/a" if v is None else f"{v:.{nd}f}"
 
 
 if __name__ == "__main__":

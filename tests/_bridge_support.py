@@ -66,14 +66,18 @@ class ColourTextureEngine:
         return self.encode_preprocessed(self.preprocess(tiles))
 
 
-def bridge_ready_store(path: Path, *, size: int = 512, seed: int = 0, tile: int = TILE, register: bool = True):
-    """Synthetic painting -> registered -> fitted element maps -> grid -> embeddings."""
+def bridge_ready_store(path: Path, *, size: int = 512, seed: int = 0, tile: int = TILE, register: bool = True,
+                       metamers: bool = False, engine=None):
+    """Synthetic painting -> registered -> fitted element maps -> grid -> embeddings.
+
+    ``metamers`` paints the metamer painting; ``engine`` replaces the informative
+    colour/texture encoder (e.g. CLIP at random weights)."""
     from napari_nightwatch.ml.embed import embed_store
     from napari_nightwatch.store.tiles import make_grid
     from napari_nightwatch.synth import load_ground_truth, synthesize_painting
     from napari_nightwatch.xrf.maps import fit_store
 
-    store = synthesize_painting(path, size=size, seed=seed)
+    store = synthesize_painting(path, size=size, seed=seed, metamers=metamers)
     gt = load_ground_truth(store)
     fit_store(store, elements=list(gt.families), refine=False)
     if register:
@@ -81,7 +85,7 @@ def bridge_ready_store(path: Path, *, size: int = 512, seed: int = 0, tile: int 
 
         register_store(store, auto=True)
     grid = make_grid(store, tile=tile, mask="none")
-    engine = ColourTextureEngine()
+    engine = engine if engine is not None else ColourTextureEngine()
     embed_store(store, engine, grid, batch_size=256, num_workers=1)
     return store, gt, engine
 

@@ -29,10 +29,19 @@ def test_pipeline_runs_every_step(tmp_path, monkeypatch):
     for part in ("mosaic", "xrf", "xrf_maps", f"grids/{r['grid_id']}", f"predicted/{r['predicted']}"):
         assert part in done
     assert r["suffix"] == " (random weights)" and r["random_weights"]
-    assert len(r["hits"]) == 10 and r["hits"][0]["rank"] == 1
-    sim = np.asarray(r["similarity"], float)
-    assert sim.shape == (15, 15) and np.isfinite(sim).all()
-    # the best hit's score is the maximum of the similarity map
-    assert np.isclose(r["hits"][0]["score"], np.nanmax(sim), atol=1e-3)
+    # offline: no text search; the pigment search (shown in front, so last) and an exemplar search
+    kinds = [s["kind"] for s in r["searches"]]
+    assert kinds == ["exemplar", "pigment"]
+    for srch in r["searches"]:
+        assert len(srch["hits"]) == 10 and srch["hits"][0]["rank"] == 1
+        sim = np.asarray(srch["similarity"], float)
+        assert sim.shape == (15, 15)
+        # the best hit's score is the maximum of its map (float32 map of float64 scores)
+        assert np.isclose(srch["hits"][0]["score"], np.nanmax(sim), atol=1e-3)
+    pig = r["searches"][-1]
+    assert pig["label"] == "pigment smalt" and all(h["source"] == "measured" for h in pig["hits"])
+    # scored against the ground truth, and far above a random tile
+    assert pig["precision_at_10"] >= 0.8 > 4 * pig["chance"]
+    assert any("precision@10" in m for m in logged)
     assert set(r["validation"]) == set(r["elements"])
     json.dumps(r)  # the CLI prints it with --json

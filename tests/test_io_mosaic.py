@@ -93,14 +93,16 @@ def test_tiff_imports_equal(tmp_path, c, dtype, tile):
     img = _image(700, 650, c, dtype)
     src = tmp_path / "m.tif"
     data = img[..., 0] if c == 1 else img
+    # a resolution in cm counts as a physical size only from a camera or scanner (Make/Model tags, issue 16)
     tifffile.imwrite(src, data, tile=tile, photometric="minisblack" if c == 1 else "rgb",
-                     extrasamples=[2] if c == 4 else None, resolution=(2000.0, 2000.0), resolutionunit="CENTIMETER")
+                     extrasamples=[2] if c == 4 else None, resolution=(2000.0, 2000.0), resolutionunit="CENTIMETER",
+                     extratags=[(271, "s", 0, "Hasselblad", True), (272, "s", 0, "H6D-400c MS", True)])
     before = _digest(src)
     seen = []
     store = import_mosaic(src, tmp_path / "p.nightwatch.zarr", chunk=256, progress=lambda d, t, s: seen.append(d))
     np.testing.assert_array_equal(_level0(store), img)
     assert store.mosaic_pixel_size_um == pytest.approx(5.0)  # 2000 px/cm
-    assert store.mosaic_info["pixel_size_from"] == "TIFF resolution tags"
+    assert store.mosaic_info["pixel_size_source"] == "TIFF resolution (cm, Hasselblad H6D-400c MS)"
     assert len(store.mosaic_levels()) == 2 and seen[-1] == 9 + 4
     assert _digest(src) == before
 

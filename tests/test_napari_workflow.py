@@ -145,6 +145,47 @@ def test_exemplar_rectangle_and_current_view(panel, qtbot):
     assert viewer.layers[-2].name.startswith("hits: exemplar")
 
 
+def test_pigment_search_and_a_composition_filtered_exemplar(panel, qtbot):
+    """The pigment door in the panel: completion over every language, the same layers as other searches,
+    the maps column; a Where filter narrows an exemplar search to the tiles that pass."""
+    from napari.layers import Image, Points, Shapes
+
+    from napari_nightwatch.search.composition import tile_composition, where_tiles
+
+    viewer, w = panel
+    model = w.pigment_edit.completer().model()
+    names = [model.index(i, 0).data() for i in range(model.rowCount())]
+    assert {"smalt", "vermilion", "loodwit", "Bleiweiß"} <= set(names)
+    w.source_combo.setCurrentText("pigment")
+    w.pigment_edit.setText("vermilion")
+    w.k_spin.setValue(4)
+    run(qtbot, w)
+    heat, pts, boxes = viewer.layers[-3:]
+    assert isinstance(heat, Image) and isinstance(pts, Points) and isinstance(boxes, Shapes)
+    assert heat.name == "pigment score: pigment vermilion" and pts.name == "hits: pigment vermilion"
+    assert w.table.rowCount() == 4 and w.table.item(0, 4).text() == "measured"
+    # an exemplar rectangle, only where Hg is high
+    y0, x0 = 3 * 32, 4 * 32
+    corners = (np.array([[y0, x0], [y0, x0 + 32], [y0 + 32, x0 + 32], [y0 + 32, x0]]) - 0.5) * PX_UM
+    viewer.add_shapes([corners], shape_type="rectangle", name="exemplar")
+    w.source_combo.setCurrentText("Shapes rectangle")
+    w.shapes_combo.setCurrentText("exemplar")
+    w.where_edit.setText("Hg-L > 0.5")
+    run(qtbot, w)
+    pts = viewer.layers[-2]
+    assert pts.name == "hits: exemplar 96,128-128,160 where Hg-L > 0.5 (random weights)"
+    comp = tile_composition(w.store_path(), "L0-t32-s32")
+    passes, _ = where_tiles(comp, "Hg-L > 0.5")
+    assert 0 < len(pts.data) and set(pts.features["tile"]) <= set(comp.tiles[passes].tolist())
+    # a filter naming a family the store has no map for: one sentence, no layers
+    n = len(viewer.layers)
+    w.where_edit.setText("Zn-K > 0.1")
+    w.search_button.click()
+    qtbot.waitUntil(lambda: not w.runner.running, timeout=60_000)
+    assert "Zn-K" in w.runner.last_message and len(viewer.layers) == n
+    w.where_edit.setText("")
+
+
 def test_empty_text_is_a_clear_message(panel, qtbot, monkeypatch):
     viewer, w = panel
     shown = []
@@ -270,30 +311,43 @@ def test_bridge_register_train_predict(viewer_store, qtbot):
 
 
 def test_demo_viewer_shows_every_result(make_napari_viewer, store_copy, qtbot):
-    """What `make demo` shows: painting, element maps, a search with its table, predictions, panels."""
+    """What `make demo` shows offline: painting, element maps, the pigment search in front (layers, table, the
+    Pigment box filled), the exemplar search under it, no text search, predictions, panels."""
     from napari_nightwatch._napari.demo_viewer import add_demo_layers
+    from napari_nightwatch.demo import _DemoEncoders, _search_summary
     from napari_nightwatch.ml.bridge import predict_xrf_maps, train_xrf_bridge
     from napari_nightwatch.ml.clip import load_clip
-    from napari_nightwatch.search.query import hits_to_json, search, similarity_map, text_vector
+    from napari_nightwatch.search.run import Query, run_query
     from napari_nightwatch.store import PaintingStore
+    from napari_nightwatch.synth import load_ground_truth
 
     path, _ = store_copy
     store = PaintingStore.open(path, mode="r+")
+    truth = load_ground_truth(store)
     engine = load_clip("nightwatch-tiny", "none", device="cpu")
-    vec = text_vector(engine, "blue pigment particles")
-    hits = search(store, vec, grid_id="L0-t32-s32", model_id=engine.model_id, k=4)
-    sim, _, _ = similarity_map(store, vec, grid_id="L0-t32-s32", model_id=engine.model_id)
+    gid = "L0-t32-s32"
+    pigment = run_query(store, Query(pigment="vermilion", grid_id=gid, k=4, with_map=True), None)
+    exemplar = run_query(store, Query(region=tuple(float(v) for v in pigment.hits[0].box), grid_id=gid,
+                                      model_id=engine.model_id, k=4, with_map=True), _DemoEncoders(engine))
+    suffix = " (random weights)"
+    searches = [_search_summary(exemplar, "exemplar", truth, "vermilion", suffix),
+                _search_summary(pigment, "pigment", truth, "vermilion")]
     train = train_xrf_bridge(store, grid_id="L0-t16-s16", image_model_id=engine.model_id, epochs=2)
     pred = predict_xrf_maps(store, encoder_id=train["encoder_id"])
-    result = {"store": str(path), "random_weights": True, "suffix": " (random weights)", "grid_id": "L0-t32-s32",
-              "query": "blue pigment particles", "hits": hits_to_json(hits), "similarity": sim.tolist(),
-              "predicted": pred["name"]}
+    result = {"store": str(path), "random_weights": True, "suffix": suffix, "grid_id": gid,
+              "searches": searches, "predicted": pred["name"]}
     viewer = make_napari_viewer()
     panels = add_demo_layers(viewer, result)
     names = [ly.name for ly in viewer.layers]
-    assert "hits: blue pigment particles (random weights)" in names
-    assert "similarity: blue pigment particles (random weights)" in names
+    assert "hits: pigment vermilion" in names and "pigment score: pigment vermilion" in names
+    ex = exemplar.label
+    assert f"hits: {ex} (random weights)" in names and f"similarity: {ex} (random weights)" in names
+    assert not viewer.layers[f"similarity: {ex} (random weights)"].visible  # one heat map at a time
+    assert not any("blue pigment particles" in n for n in names)  # no random-weights text search
     assert "predicted Hg-L (random weights)" in names and "Hg-L" in names
     assert panels["Search"].table.rowCount() == 4
-    np.testing.assert_allclose(viewer.layers["hits: blue pigment particles (random weights)"].data[0],
-                               (np.array(hits[0].box[:2]) + 16 - 0.5) * PX_UM)
+    assert panels["Search"].source_combo.currentText() == "pigment"
+    assert panels["Search"].pigment_edit.text() == "vermilion"
+    assert panels["Search"].table.item(0, 4).text() == "measured"
+    np.testing.assert_allclose(viewer.layers["hits: pigment vermilion"].data[0],
+                               (np.array(pigment.hits[0].box[:2]) + 16 - 0.5) * PX_UM)

@@ -219,3 +219,25 @@ def test_store_with_two_models_asks_which(store, capsys):
     write_embeddings(store, ColourTextureEncoder(dim=32, name="other"))
     with pytest.raises(NightwatchError, match="several models.*--model-id"):
         build_index(store, GRID)
+
+
+@pytest.mark.parametrize("damage", ["zero", "truncate", "tile_ids"])
+def test_damaged_index_bytes_are_refused(store, capsys, damage):
+    """Zeroed or truncated index bytes, or altered tile ids, are caught by the checksum, not searched (issue 11)."""
+    gid, mid = "L0-t32-s32", ENC.model_id
+    build_index(store, gid, mid)
+    load_index(store, gid, mid)  # intact: loads
+    g = store.root[f"grids/{gid}/index/{mid}"]
+    raw = np.asarray(g["faiss"][...])
+    if damage == "zero":
+        g["faiss"][...] = np.zeros_like(raw)
+    elif damage == "truncate":
+        del g["faiss"]
+        g.create_array("faiss", data=raw[: raw.size // 2])
+    else:
+        ids = np.asarray(g["tile_ids"][...])
+        g["tile_ids"][...] = ids[::-1]
+    with pytest.raises(NightwatchError, match="damaged"):
+        load_index(store, gid, mid)
+    assert main(["search", str(store.path), "--region", "0,0,32,32", "--json"]) == 2
+    assert "damaged" in capsys.readouterr().err

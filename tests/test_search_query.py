@@ -109,7 +109,7 @@ def test_text_query_templates_and_empty_text():
     for bad in ("", "   "):
         with pytest.raises(NightwatchError, match="text query is empty"):
             text_vector(ENC, bad)
-    with pytest.raises(NightwatchError, match="no '\\{\\}'"):
+    with pytest.raises(NightwatchError, match="must hold one '\\{\\}'"):
         text_vector(ENC, "red", templates=["a photo of red"])
 
 

@@ -77,8 +77,12 @@ def test_calibration_refinement_recovers_a_shift(scene):
 def test_bad_calibrations_are_refused():
     with pytest.raises(NightwatchError, match="gain"):
         EnergyCalibration(0.0, 0.0)
-    with pytest.raises(NightwatchError, match="-1 keV"):
-        EnergyCalibration(-1.5, 0.01)
+    # no fixed offset bound (Bruker puts channel 0 at -1.9 keV): the axis must hold the lines
+    from napari_nightwatch.xrf.calibration import check_axis_covers_lines
+
+    EnergyCalibration(-1.9, 0.02)
+    with pytest.raises(NightwatchError, match="holds no XRF line"):
+        check_axis_covers_lines(EnergyCalibration(-25.0, 0.01), 2048)
 
 
 def test_detector_width_is_measured():
@@ -119,7 +123,9 @@ def test_real_spectra_identify_and_calibrate(rel, calib, excitation, expected):
     ids = identify_elements(e, y, detector=det, excitation_kev=excitation, tube_kev=tube)
     found = set(present_families(ids))
     assert expected <= found, (expected - found, found)
-    present = [r for r in ids if r.present]
+    # calibrate on the clear families only: a trace family found at 0.5-0.75 confidence
+    # (Pb-L in the m6 bone spectrum) has a centroid too noisy to hold to 20 eV
+    present = [r for r in ids if r.present and r.confidence >= 0.75]
     res = refine_calibration(cal, y, [get_family(r.name, excitation) for r in present],
                              areas=[r.area for r in present], detector=det)
     assert res.refined and len(res.residuals_ev) >= 3

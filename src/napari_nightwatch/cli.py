@@ -20,12 +20,14 @@ from .core.progress import tqdm_progress
 
 
 def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
+    import math
+
     try:
         vals = tuple(float(v) for v in text.split(","))
     except ValueError:
         vals = ()
-    if len(vals) != n:
-        raise NightwatchError(f"{what} {text!r} must be {n} comma-separated numbers.")
+    if len(vals) != n or not all(math.isfinite(v) for v in vals):
+        raise NightwatchError(f"{what} {text!r} must be {n} comma-separated finite numbers.")
     return vals
 
 
@@ -35,12 +37,19 @@ def _progress(args) -> tuple[Callable, Callable]:
 
 def _hits_table(hits: list[dict[str, Any]]) -> str:
     """Search results as a fixed-width table (rank, score, tile, centre in px and um, store)."""
+    door = any("source" in h for h in hits)  # the pigment door says where its numbers come from
     head = f"{'rank':>4} {'score':>7} {'tile':>7} {'y px':>9} {'x px':>9} {'y um':>10} {'x um':>10}  store"
-    rows = [
-        f"{h['rank']:>4} {h['score']:>7.4f} {h['tile']:>7} {h['y']:>9.1f} {h['x']:>9.1f} "
-        f"{h['y_um']:>10.1f} {h['x_um']:>10.1f}  {Path(str(h['store'])).name}"
-        for h in hits
-    ]
+    if door:
+        head += "  maps       composition"
+    rows = []
+    for h in hits:
+        row = (f"{h['rank']:>4} {h['score']:>7.4f} {h['tile']:>7} {h['y']:>9.1f} {h['x']:>9.1f} "
+               f"{h['y_um']:>10.1f} {h['x_um']:>10.1f}  {Path(str(h['store'])).name}")
+        if door:
+            comp = ", ".join(f"{k} {v:.2f}" for k, v in (h.get("composition") or {}).items() if v is not None)
+            weak = f" (no evidence: {', '.join(h['no_evidence'])})" if h.get("no_evidence") else ""
+            row += f"  {h.get('source', ''):<10} {comp}{weak}"
+        rows.append(row)
     return "\n".join([head, *rows])
 
 
@@ -50,8 +59,9 @@ def _human(result: dict[str, Any]) -> str:
         return _human(rest) + "\n" + _hits_table(result["results"])
     lines = []
     for k, v in result.items():
-        if isinstance(v, (dict, list)) and len(json.dumps(v)) > 100:
-            v = json.dumps(v, indent=1)[:2000]
+        if isinstance(v, (dict, list)):
+            one_line = json.dumps(v)
+            v = one_line if len(one_line) <= 400 else json.dumps(v, indent=1)[:2000]
         lines.append(f"{k}: {v}")
     return "\n".join(lines)
 
@@ -176,9 +186,17 @@ def _cmd_search(args) -> dict:
         k=args.k,
         merge=not args.no_merge,
         iou_threshold=args.iou,
+        pigment=args.pigment,
+        where=args.where,
+        maps=args.maps,
+        **({} if args.colour_weight is None else {"colour_weight": args.colour_weight}),
     )
     query.check()  # before any model is loaded
-    return run_query(args.stores, query, query_encoders(args.model, args.pretrained)).to_json()
+    encoders = query_encoders(args.model, args.pretrained) if query.needs_embeddings else None
+    result = run_query(args.stores, query, encoders)
+    out = result.to_json()
+    out.update(result.extra)
+    return out
 
 
 # ------------------------------------------------------------------ xrf (issue 3)
@@ -186,25 +204,75 @@ def _cmd_xrf_maps(args) -> dict:
     from .store import PaintingStore
     from .xrf.maps import export_tiffs, fit_store
 
+    if args.export is not None and args.export.exists() and not args.export.is_dir():
+        raise NightwatchError(f"--export {args.export} is a file; give a folder for the TIFFs.")
     store = PaintingStore.open(args.store, mode="r+")
     row_shift = args.row_shift
     if row_shift is not None and row_shift != "auto":
         row_shift = _floats(row_shift, 1, "--row-shift")[0]
     calib = _calibration_from_args(args)
+    detector = excitation = None
+    elements = args.elements
+    if args.pymca_config is not None:
+        # a lab's PyMca configuration: its calibration, detector and excitation (the
+        # calibration options still win); --elements config fits its families
+        from .xrf.pymca_config import read_pymca_config
+
+        cfg = read_pymca_config(args.pymca_config, int(store.xrf_cube().shape[2]))
+        calib = calib or cfg.calibration
+        detector, excitation = cfg.detector, cfg.excitation_kev
+        if str(elements).strip().lower() == "config":
+            elements = list(cfg.families)
+    elif str(elements).strip().lower() == "config":
+        raise NightwatchError("--elements config needs --pymca-config FILE.")
     cb, close = _progress(args)
     try:
-        result = fit_store(store, args.elements, background=args.background, refine=not args.no_refine,
-                           calibration=calib,
+        result = fit_store(store, elements, background=args.background, refine=not args.no_refine,
+                           calibration=calib, detector=detector, excitation_kev=excitation,
+                           include=_names(args.include), exclude=_names(args.exclude),
                            row_shift=row_shift, overwrite=args.overwrite, pileup=args.pileup, progress=cb)
     finally:
         close()
     if args.export is not None:
-        result["exported"] = [str(p) for p in export_tiffs(store, args.export)]
+        result["exported"] = [str(p) for p in export_tiffs(store, args.export, overwrite=args.overwrite)]
     if not args.json:
         # the human summary stays short; the JSON keeps the full identification
         result["identification"] = [f"{r['name']} {r['confidence']:.2f}" for r in result["identification"]
                                     if r["confidence"] >= 0.5]
     return result
+
+
+def _names(text: str | None) -> list[str]:
+    """``"Pb-L,Ar"`` -> ``["Pb-L", "Ar"]`` (for --include/--exclude)."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _cmd_fit_spectrum(args) -> dict:
+    from .xrf.single import fit_spectrum_file, plot_spectrum_fit
+
+    calib = _calibration_from_args(args)
+    if args.plot is not None and args.plot.suffix.lower() != ".png":
+        raise NightwatchError(f"--plot {args.plot} must name a .png file.")
+    if args.plot is not None and not args.plot.parent.is_dir():
+        raise NightwatchError(f"--plot {args.plot}: folder {args.plot.parent} does not exist.")
+    scatter = None
+    if args.scatter_kev is not None:
+        try:
+            scatter = [float(v) for v in _names(args.scatter_kev)]
+        except ValueError:
+            raise NightwatchError(f"--scatter-kev {args.scatter_kev!r} must be comma-separated energies in keV.") from None
+    result = fit_spectrum_file(args.file, elements=args.elements, pymca_config=args.pymca_config, calibration=calib,
+                               excitation_kev=args.excitation_kev, include=_names(args.include),
+                               exclude=_names(args.exclude), scatter_kev=scatter)
+    out = result.to_dict()
+    if args.plot is not None:
+        out["plot"] = str(plot_spectrum_fit(result, args.plot))
+    if not args.json:
+        # the human summary: the table of families, then the short facts
+        out = {"file": out["file"], "families": "\n" + result.table_text(),
+               "instrument_families": out["instrument_families"], "chi2": round(out["chi2"], 3),
+               **({"plot": out["plot"]} if "plot" in out else {})}
+    return out
 
 
 def _cmd_spectrum(args) -> dict:
@@ -215,6 +283,8 @@ def _cmd_spectrum(args) -> dict:
     coords = "mosaic" if args.mosaic else "xrf"
     if (args.pixel is None) == (args.region is None):
         raise NightwatchError("Give exactly one of --pixel Y,X or --region Y0,X0,Y1,X1.")
+    if args.out is not None and args.out.is_dir():
+        raise NightwatchError(f"--out {args.out} is a folder; give the CSV file to write.")
     if args.pixel is not None:
         where = {"pixel": _floats(args.pixel, 2, "--pixel")}
         spec = mean_spectrum(store, pixel=where["pixel"], coords=coords)
@@ -224,6 +294,15 @@ def _cmd_spectrum(args) -> dict:
     energies = store.xrf_energies()
     out = {**where, "coords": coords, "n_channels": int(spec.size), "total_counts": float(spec.sum()),
            "peak_kev": float(energies[int(spec.argmax())])}
+    if store.is_complete("xrf_maps"):
+        # the spectrum read as pigments: which pigments explain its fitted composition
+        from .xrf.reading import read_pigments
+
+        reading = read_pigments(store, coords=coords, **where).to_dict()
+        out["pigments"] = reading if args.json else [
+            f"{m['pigment']} {m['score']:.2f} ({', '.join(m['explained'])})" for m in reading["matches"]]
+        if not args.json and reading["mixture"]:
+            out["mixture"] = " + ".join(reading["mixture"])
     if args.out is not None:
         out["out"] = str(write_spectrum_csv(args.out, energies, spec))
     elif args.json:
@@ -234,7 +313,12 @@ def _cmd_spectrum(args) -> dict:
 
 # ------------------------------------------------------------------ bridge (issue 5)
 def _box_arg(text: str | None, what: str) -> tuple[float, float, float, float] | None:
-    return None if text is None else _floats(text, 4, what)
+    if text is None:
+        return None
+    y0, x0, y1, x1 = _floats(text, 4, what)
+    if not (y0 < y1 and x0 < x1):
+        raise NightwatchError(f"{what} {text!r} must be Y0,X0,Y1,X1 with Y0 < Y1 and X0 < X1.")
+    return y0, x0, y1, x1
 
 
 def _cmd_register(args) -> dict:
@@ -282,6 +366,10 @@ def _cmd_predict_xrf(args) -> dict:
     from .ml.bridge import export_predicted_maps, predict_xrf_maps
     from .store import PaintingStore
 
+    if args.export is not None:
+        from .core.paths import check_export_folder
+
+        check_export_folder(args.export)  # before the work, not after it
     store = PaintingStore.open(args.store, mode="r+")
     cb, close = _progress(args)
     try:
@@ -289,10 +377,12 @@ def _cmd_predict_xrf(args) -> dict:
     finally:
         close()
     if args.export is not None:
-        out["exported"] = export_predicted_maps(store, out["name"], args.export)
+        out["exported"] = export_predicted_maps(store, out["name"], args.export, overwrite=args.overwrite)
     if not args.json:
         out["validation"] = {
-            el: f"r={_fmt(v.get('r'))} ssim={_fmt(v.get('ssim'))} ({v['method']}){'' if v['evidence'] else ' NO EVIDENCE'}"
+            el: (f"r={_fmt(v.get('r'))} ssim={_fmt(v.get('ssim'))} ({v['method']}); best baseline "
+                 f"{v.get('baseline')} r={_fmt(v.get('r_baseline'))} ssim={_fmt(v.get('ssim_baseline'))}; "
+                 f"skill {_fmt(v.get('skill'))}{'' if v['evidence'] else ' NO EVIDENCE'}")
             for el, v in out["validation"].items()
         }
     return out
@@ -316,8 +406,69 @@ def _cmd_import_maps(args) -> dict:
         close()
 
 
+class _UsageError(Exception):
+    """A command line argparse cannot read (unknown option, a word where a number belongs)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors become one sentence (see :func:`main`) instead of usage text and SystemExit."""
+
+    def error(self, message: str):  # noqa: D102 (argparse API)
+        raise _UsageError(f"{message[:1].upper()}{message[1:]} (see `{self.prog} --help`).")
+
+
+#: options whose values must lie in a range, checked before any work starts:
+#: name -> (lowest, highest, lowest allowed itself) -- None for no bound
+_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "size": (16, None, True), "pixel_size_um": (0, None, False), "energy_gain_kev": (0, None, False),
+    "excitation_kev": (0, None, False), "tile": (1, None, True), "stride": (1, None, True),
+    "tile_um": (0, None, False), "stride_um": (0, None, False), "level": (0, None, True),
+    "batch_size": (1, None, True), "chunk_tiles": (1, None, True), "workers": (0, None, True),
+    "memory_budget_gb": (0, None, False), "k": (1, None, True), "iou": (0, 1, True),
+    "colour_weight": (0, 1, True), "search_px": (0, None, False), "epochs": (1, None, True),
+    "threads": (1, None, True), "seed": (0, None, True),
+}
+
+#: options whose value is a comma-separated list of numbers that may start with a minus sign
+_COORDINATE_OPTIONS = ("--region", "--pixel", "--xrf-pixel", "--xrf-region", "--train-region")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--region -100,-100,10,10`` -> ``--region=-100,-100,10,10``: argparse takes a leading minus for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in _COORDINATE_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-") and \
+                argv[i + 1][1:2].replace(".", "").isdigit():
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _check_options(args) -> None:
+    """Every number finite and in range before any work starts; one sentence naming the option."""
+    import math
+
+    for name, value in vars(args).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        opt = "--" + name.replace("_", "-") if name != "k" else "-k"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise NightwatchError(f"{opt} {value} must be a finite number.")
+        lo, hi, inclusive = _RANGES.get(name, (None, None, True))
+        if lo is not None and (value < lo or (value == lo and not inclusive)):
+            need = f"at least {lo:g}" if inclusive else f"greater than {lo:g}"
+            raise NightwatchError(f"{opt} {value:g} must be {need}.")
+        if hi is not None and value > hi:
+            raise NightwatchError(f"{opt} {value:g} must be at most {hi:g}.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nightwatch", description=__doc__.splitlines()[0])
+    p = _Parser(prog="nightwatch", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def add(name: str, func, help: str) -> argparse.ArgumentParser:
@@ -362,10 +513,28 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--background", choices=["basis", "snip"], default="basis")
     sp.add_argument("--no-refine", action="store_true", help="keep the stored energy calibration as is")
     sp.add_argument("--row-shift", default=None, help="'auto' or pixels: correct bidirectional-scan row shift")
-    sp.add_argument("--overwrite", action="store_true", help="refit instead of resuming an interrupted run")
+    sp.add_argument("--overwrite", action="store_true", help="refit instead of resuming an interrupted run; replace files in --export")
     sp.add_argument("--pileup", action="store_true", help="also fit sum peaks of the strongest lines")
     sp.add_argument("--energy-offset-kev", type=float, default=None, help="calibration to use instead of the store's")
     sp.add_argument("--energy-gain-kev", type=float, default=None)
+    sp.add_argument("--pymca-config", type=Path, default=None,
+                    help="PyMca .cfg: calibration, detector and excitation ('--elements config': its families)")
+    sp.add_argument("--include", default=None, help="families always fitted, e.g. Pb-L,As-K")
+    sp.add_argument("--exclude", default=None, help="families or elements never proposed, e.g. Ar,Rh-L")
+
+    sp = add("fit-spectrum", _cmd_fit_spectrum,
+             "identify and fit one XRF spectrum file (.spx/.mca/.msa/.spe/.hspy); table of areas, optional plot")
+    sp.add_argument("file", type=Path)
+    sp.add_argument("--elements", default="auto", help="'auto', 'config' (the PyMca config's) or Fe-K,Cr-K,...")
+    sp.add_argument("--pymca-config", type=Path, default=None, help="PyMca .cfg: calibration, detector, excitation")
+    sp.add_argument("--energy-offset-kev", type=float, default=None, help="calibration instead of the file's")
+    sp.add_argument("--energy-gain-kev", type=float, default=None)
+    sp.add_argument("--excitation-kev", type=float, default=None, help="tube voltage (default: config's, else 50)")
+    sp.add_argument("--include", default=None, help="families always fitted, e.g. Co-K")
+    sp.add_argument("--exclude", default=None, help="families or elements never proposed, e.g. Ar")
+    sp.add_argument("--scatter-kev", default=None,
+                    help="exciting line energies fitted as scatter peaks, e.g. 35 for a monochromatic beam")
+    sp.add_argument("--plot", type=Path, default=None, help="write a PNG of spectrum, fit, residual and lines")
 
     sp = add("spectrum", _cmd_spectrum, "mean XRF spectrum of a pixel or rectangle of a painting store")
     sp.add_argument("store", type=Path)
@@ -423,6 +592,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--pretrained", default=None, help="its weights: tag, checkpoint path or none (default: the embeddings')")
     sp.add_argument("--no-merge", action="store_true", help="keep overlapping hits")
     sp.add_argument("--iou", type=float, default=0.3, help="overlap (IoU) above which hits are merged")
+    sp.add_argument("--pigment", default=None, metavar="NAME",
+                    help="pigment of the library, any language (smalt, loodwit, vermillon): the pigment door")
+    sp.add_argument("--where", default=None, metavar="EXPR",
+                    help="composition filter, e.g. \"Co-K > 0.3 and Pb-L < 0.5\" (fractions of each map's robust "
+                         "max; z(Hg-L) > 3 for z-scores); alone or restricting any other query")
+    sp.add_argument("--maps", choices=("auto", "measured", "predicted"), default="auto",
+                    help="element maps of the pigment door: measured where scanned and predicted elsewhere (auto)")
+    sp.add_argument("--colour-weight", type=float, default=None,
+                    help="weight of the pigment's colour family in its score, 0 (elements only) to 1 (default 0.75)")
     # ------------------------------------------------------------ bridge commands (issue 5)
     sp = add("register", _cmd_register, "register the MA-XRF data onto the mosaic (control points and/or automatic)")
     sp.add_argument("store", type=Path)
@@ -449,7 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--encoder", default=None, help="trained spectrum encoder id (default: the newest)")
     sp.add_argument("--grid", default=None)
     sp.add_argument("--name", default=None, help="name under predicted/ (default: the encoder id)")
-    sp.add_argument("--export", type=Path, default=None, help="write one float32 TIFF per element + JSON sidecar")
+    sp.add_argument("--export", type=Path, default=None,
+                    help="write one float32 TIFF per element, scan_here_next.tif and a JSON sidecar")
+    sp.add_argument("--overwrite", action="store_true", help="replace files already in the --export folder")
 
     sp = add("import-maps", _cmd_import_maps, "import exported element maps (images) as the XRF modality")
     sp.add_argument("store", type=Path)
@@ -462,8 +642,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 2 bad input, 130 cancelled)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        print(f"nightwatch: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        _check_options(args)
         result = args.func(args)
     except NightwatchError as exc:
         print(f"nightwatch {args.command}: error: {exc}", file=sys.stderr)

@@ -156,13 +156,63 @@ PIGMENTS: tuple[Pigment, ...] = (
 #: pigment names in library order (the label value is the index)
 PIGMENT_NAMES: tuple[str, ...] = tuple(p.name for p in PIGMENTS)
 
+#: pigments only the metamer painting uses (label values after the library's)
+METAMER_EXTRA: tuple[Pigment, ...] = (
+    Pigment("red lead", {"Pb": 0.76}, (182, 48, 34), (226, 84, 60), 1.0, 0.12, "round",
+            0.085, 0.04, 0.25, 0.40, 4.0, ("surface",)),
+)
+
+#: groups of the metamer painting: one body and particle colour per group, so colour
+#: statistics cannot tell the members apart; each member keeps its own microstructure
+#: (particle size and shape), the only visible difference
+METAMER_GROUPS: dict[str, tuple[tuple[str, ...], tuple[int, int, int], tuple[int, int, int]]] = {
+    "red": (("vermilion", "red lead", "red ochre"), (170, 58, 40), (240, 130, 100)),
+    "white": (("lead white", "chalk"), (228, 224, 208), (150, 146, 132)),
+    "blue": (("azurite", "smalt"), (62, 86, 152), (150, 180, 240)),
+}
+
+#: microstructure per metamer member: (particle size px, particle shape); grain, cover,
+#: colour variation, streak and relief are shared within a group so that the colour
+#: distribution of a tile (mean, spread, percentiles) does not depend on the member
+_METAMER_MICRO: dict[str, tuple[float, str]] = {
+    "vermilion": (4.0, "round"), "red lead": (4.0, "flake"), "red ochre": (4.0, "shard"),
+    "lead white": (4.0, "round"), "chalk": (4.0, "flake"),
+    "azurite": (5.0, "round"), "smalt": (5.0, "flake"),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def metamer_pigments() -> tuple[Pigment, ...]:
+    """The pigment table of the metamer painting (``synthesize_painting(metamers=True)``).
+
+    The library (same label values) plus red lead; within each of
+    :data:`METAMER_GROUPS` the members share body colour, particle colour, grain,
+    particle cover, colour variation, streak and relief, and differ only in particle
+    size and shape, and in composition (vermilion Hg, red lead Pb, red ochre Fe; lead
+    white Pb, chalk Ca; azurite Cu, smalt Co/As).
+    """
+    import dataclasses
+
+    table = list(PIGMENTS) + list(METAMER_EXTRA)
+    names = [p.name for p in table]
+    for members, rgb, prgb in METAMER_GROUPS.values():
+        for m in members:
+            i = names.index(m)
+            size, shape = _METAMER_MICRO[m]
+            roles = tuple(sorted(set(table[i].roles) | {"surface"}))
+            table[i] = dataclasses.replace(table[i], rgb=rgb, particle_rgb=prgb, particle_size_px=size,
+                                           particle_shape=shape, particle_cover=0.30, grain=0.03,
+                                           colour_variation=0.05, streak=0.3, impasto=0.5, roles=roles)
+    return tuple(table)
+
 
 def pigment_index(name: str) -> int:
     """Label value of a pigment, by name (``"vermilion"`` -> 2)."""
+    names = PIGMENT_NAMES + tuple(p.name for p in METAMER_EXTRA)
     try:
-        return PIGMENT_NAMES.index(name)
+        return names.index(name)
     except ValueError:
-        raise NightwatchError(f"Unknown pigment {name!r}; expected one of {', '.join(PIGMENT_NAMES)}.") from None
+        raise NightwatchError(f"Unknown pigment {name!r}; expected one of {', '.join(names)}.") from None
 
 
 def library_elements() -> list[str]:
@@ -297,13 +347,16 @@ def _assign_pigments(rng: np.random.Generator, cells: np.ndarray, n: int, pool: 
     return out
 
 
-def _layout(rng: np.random.Generator, size: int, ground: str) -> _Layout:
+def _layout(rng: np.random.Generator, size: int, ground: str, pigments: tuple[Pigment, ...] = PIGMENTS,
+            metamers: bool = False) -> _Layout:
     shape = (size, size)
     area = (size / 1024.0) ** 2
-    surface_pool = [i for i, p in enumerate(PIGMENTS) if "surface" in p.roles and p.name != ground]
+    # the metamer painting also paints its ground pigment on the surface (lead white
+    # beside chalk of the same colour), and each pigment in about two places
+    surface_pool = [i for i, p in enumerate(pigments) if "surface" in p.roles and (metamers or p.name != ground)]
     # ~14 regions at 1024 px (~1.4 mm each): 64 px tiles mostly fall inside one pigment;
     # never fewer than the pool, so every surface pigment is painted at any size
-    n_regions = int(np.clip(round(14 * area), len(surface_pool), 400))
+    n_regions = int(np.clip(round(14 * area), (2 if metamers else 1) * len(surface_pool), 400))
     seeds = _jittered_seeds(rng, shape, n_regions)
     warp = _domain_warp(rng, shape, large=size / 7.0, large_amp=size / 14.0, small_along=24.0, small_amp=4.5)
     cells, _ = _warped_voronoi(seeds, shape, warp)
@@ -317,7 +370,7 @@ def _layout(rng: np.random.Generator, size: int, ground: str) -> _Layout:
     useeds = _jittered_seeds(rng, shape, n_under, jitter=0.45)
     uwarp = _domain_warp(rng, shape, large=size / 5.0, large_amp=size / 10.0, small_along=14.0, small_amp=4.0)
     ucells, _ = _warped_voronoi(useeds, shape, uwarp)
-    under_pool = [i for i, p in enumerate(PIGMENTS) if "underpaint" in p.roles and p.name != ground]
+    under_pool = [i for i, p in enumerate(pigments) if "underpaint" in p.roles and p.name != ground]
     upig = rng.choice(under_pool, size=len(useeds))
     bare = rng.random(len(useeds)) < 0.33
     bare[0], bare[-1] = True, False  # always some of each case
@@ -397,7 +450,7 @@ class _Surface:
 
 
 def _paint_surface(rng: np.random.Generator, lay: _Layout, size: int,
-                   progress: ProgressCallback | None) -> _Surface:
+                   progress: ProgressCallback | None, table: tuple[Pigment, ...] = PIGMENTS) -> _Surface:
     shape = (size, size)
     cells = lay.surface_cell
     # brush directions quantised to 12 so each streak field is computed once and shared
@@ -422,7 +475,7 @@ def _paint_surface(rng: np.random.Generator, lay: _Layout, size: int,
     thickness = np.zeros(shape, np.float32)
     pigments = np.unique(lay.surface_pigment)
     for done, p in enumerate(pigments):
-        pig = PIGMENTS[int(p)]
+        pig = table[int(p)]
         regions = np.flatnonzero(lay.surface_pigment == p)
         mask = np.isin(cells, regions)
         ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
@@ -553,11 +606,11 @@ def _family_sensitivity(fam) -> float:
 
 
 @functools.lru_cache(maxsize=4)
-def _xrf_physics_cached(elements: tuple[str, ...]) -> _XrfPhysics:
-    return _xrf_physics(list(elements))
+def _xrf_physics_cached(elements: tuple[str, ...], metamers: bool = False) -> _XrfPhysics:
+    return _xrf_physics(list(elements), metamer_pigments() if metamers else PIGMENTS)
 
 
-def _xrf_physics(elements: list[str]) -> _XrfPhysics:
+def _xrf_physics(elements: list[str], pigments: tuple[Pigment, ...] = PIGMENTS) -> _XrfPhysics:
     import xraydb
 
     from .xrf.lines import line_families
@@ -579,12 +632,12 @@ def _xrf_physics(elements: list[str]) -> _XrfPhysics:
         fi = [k for k in range(len(fams)) if fam_el[k] == i]
         best = max(fi, key=lambda k: sens[k])
         main_e[i] = fams[best].main_energy_kev
-    mu = np.zeros((len(PIGMENTS), len(elements)))
+    mu = np.zeros((len(pigments), len(elements)))
     thick_cm = 30e-4
     el_mu = {el: _mu_elam(el, main_e) for el in elements}
     # binder and the pigment's light elements: an oil-like C/H/O matrix
     oil_mu = np.asarray(xraydb.material_mu("C18H32O2", main_e * 1000.0, density=1.0), float)
-    for p, pig in enumerate(PIGMENTS):
+    for p, pig in enumerate(pigments):
         w_light = max(0.0, 1.0 - sum(pig.composition.values()))
         mass_mu = sum(w * el_mu[el] for el, w in pig.composition.items()) + w_light * oil_mu
         mu[p] = mass_mu * pig.density * thick_cm
@@ -595,7 +648,7 @@ def _xrf_physics(elements: list[str]) -> _XrfPhysics:
 
 
 def _layer_concentrations(lay: _Layout, surf: _Surface, phys: _XrfPhysics, rng: np.random.Generator,
-                          size: int) -> tuple[np.ndarray, np.ndarray]:
+                          size: int, pigments: tuple[Pigment, ...] = PIGMENTS) -> tuple[np.ndarray, np.ndarray]:
     """(E, H, W) effective concentrations seen by the XRF, all layers and surface only.
 
     Effective concentration = weight fraction x layer thickness x transmission of the
@@ -604,14 +657,14 @@ def _layer_concentrations(lay: _Layout, surf: _Surface, phys: _XrfPhysics, rng: 
     """
     shape = (size, size)
     n_el = len(phys.elements)
-    comp = np.zeros((len(PIGMENTS) + 1, n_el), np.float32)  # last row: no pigment
-    for p, pig in enumerate(PIGMENTS):
+    comp = np.zeros((len(pigments) + 1, n_el), np.float32)  # last row: no pigment
+    for p, pig in enumerate(pigments):
         for el, w in pig.composition.items():
             comp[p, phys.elements.index(el)] = w
     mu = np.concatenate([phys.mu, np.zeros((1, n_el))]).astype(np.float32)
     s_lab = lay.surface_pigment[lay.surface_cell].astype(np.int64)
     u_lab = lay.under_label.astype(np.int64)
-    u_lab = np.where(u_lab == NO_PIGMENT, len(PIGMENTS), u_lab)
+    u_lab = np.where(u_lab == NO_PIGMENT, len(pigments), u_lab)
     t_s = surf.thickness
     t_u = 0.8 * (1.0 + 0.12 * _oriented_noise(rng, shape, 50.0, 50.0))
     t_g = 1.6 * (1.0 + 0.08 * _oriented_noise(rng, shape, 80.0, 80.0))
@@ -856,6 +909,7 @@ def synthesize_painting(
     overwrite: bool = False,
     xrf_pixel: int = 8,
     ground: str = "lead white",
+    metamers: bool = False,
     progress: ProgressCallback | None = None,
 ):
     """Build the synthetic painting store: photograph, MA-XRF cube and ground truth.
@@ -876,6 +930,12 @@ def synthesize_painting(
     ground
         Pigment of the ground layer (``"lead white"`` or ``"chalk"``): under everything,
         hidden from the photograph, present in the XRF.
+    metamers
+        Paint the metamer painting instead (:func:`metamer_pigments`): vermilion, red
+        lead and red ochre share one colour, lead white and chalk another, azurite and
+        smalt a third; only their microstructure (particle size and shape) tells them
+        apart, so colour alone cannot predict their elements. The default painting is
+        unchanged by this option's existence.
     progress
         ``progress(done, total, stage)``; may raise
         :class:`~napari_nightwatch.core.errors.Cancelled` (the store is then left
@@ -914,14 +974,15 @@ def synthesize_painting(
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)
     )
     report(progress, 0, 1, "layout")
-    lay = _layout(r_layout, size, ground)
-    surf = _paint_surface(r_paint, lay, size, progress)
+    pigments = metamer_pigments() if metamers else PIGMENTS
+    lay = _layout(r_layout, size, ground, pigments, metamers)
+    surf = _paint_surface(r_paint, lay, size, progress, pigments)
     img, cracks = _finish_photograph(r_photo, surf, size)
     report(progress, 1, 1, "photograph")
 
     elements = library_elements()
-    phys = _xrf_physics_cached(tuple(elements))
-    conc, conc_surface = _layer_concentrations(lay, surf, phys, r_xrf, size)
+    phys = _xrf_physics_cached(tuple(elements), bool(metamers))
+    conc, conc_surface = _layer_concentrations(lay, surf, phys, r_xrf, size, pigments)
     nominal, true, offset = _affines(r_affine, xrf_pixel)
     n = size // xrf_pixel
     conc_xrf = _sample_on_xrf_grid(conc, true, n, xrf_pixel)
@@ -949,7 +1010,7 @@ def synthesize_painting(
         "surface_concentrations": (conc_surface_xrf, ("element", "y", "x"), None),
     }
     attrs = {
-        "pigments": [p.to_dict() for p in PIGMENTS],
+        "pigments": [p.to_dict() for p in pigments],
         "layers": list(LAYERS),
         "no_pigment": NO_PIGMENT,
         "elements": elements,
@@ -969,7 +1030,9 @@ def synthesize_painting(
         "size": size,
         "xrf_pixel": xrf_pixel,
     }
-    source = f"synthetic:seed={seed},size={size},xrf_pixel={xrf_pixel}"
+    if metamers:  # only then: the default painting's attributes stay as they were
+        attrs["metamers"] = True
+    source = f"synthetic:seed={seed},size={size},xrf_pixel={xrf_pixel}" + (",metamers" if metamers else "")
 
     store = PaintingStore.create(out, name=out.name.removesuffix(".nightwatch.zarr") or "synthetic",
                                  overwrite=overwrite)

@@ -1,7 +1,9 @@
 """The demo in napari: every result of :func:`napari_nightwatch.demo.run_pipeline` as layers.
 
-Opens the painting (mosaic, XRF total counts, element maps), shows the demo search
-through the Search panel (hits, hit boxes, similarity map, results table), the
+Opens the painting (mosaic, XRF total counts, element maps), shows the demo searches
+through the Search panel (hits, hit boxes, heat map, results table; the pigment
+search in front, the exemplar search under it, a text search only with real
+weights), the
 element maps predicted from the photograph beside the measured ones, and docks the
 plugin's panels.
 """
@@ -48,18 +50,30 @@ def add_demo_layers(viewer, result: dict[str, Any]) -> dict[str, Any]:
         for ld in L.store_predicted_layers(store, result["predicted"], suffix):
             ld[1]["visible"] = False  # the measured maps show first; tick a predicted one to compare
             add_layer_data(viewer, ld)
-    if result.get("hits") is not None and result.get("grid_id"):
+    searches = result.get("searches") or []
+    if searches and result.get("grid_id"):
         grid = grid_of(store, result["grid_id"])
-        res = SearchResult(
-            label=result["query"],
-            hits=result["hits"],
-            scores_map=np.asarray(result["similarity"], np.float32),
-            grid=grid,
-            pixel_size_um=store.mosaic_pixel_size_um,
-            random_weights=bool(result.get("random_weights")),
-        )
-        panels["Search"].show_result(res)
-        panels["Search"].text_edit.setText(result["query"])
+        for srch in searches:  # the last one shown (the pigment search) is on top and in the table
+            res = SearchResult(
+                label=srch["label"].removesuffix(suffix) if suffix else srch["label"],
+                hits=srch["hits"],
+                scores_map=np.asarray(srch["similarity"], np.float32),
+                grid=grid,
+                pixel_size_um=store.mosaic_pixel_size_um,
+                random_weights=bool(srch.get("random_weights")),
+            )
+            panels["Search"].show_result(res)
+            hidden = srch is not searches[-1]
+            for layer in panels["Search"].last_layers:
+                if hidden and layer.metadata.get("nightwatch_kind") == "similarity":
+                    layer.visible = False  # one heat map at a time
+        panel = panels["Search"]
+        last = searches[-1]["query"]
+        if "pigment" in last:
+            panel.source_combo.setCurrentText("pigment")
+            panel.pigment_edit.setText(last["pigment"])
+        elif "text" in last:
+            panel.text_edit.setText(last["text"])
     show_scale_bar(viewer)
     viewer.reset_view()
     return panels
@@ -74,8 +88,10 @@ def show_demo(result: dict[str, Any], screenshot: str | Path | None = None, bloc
     if result.get("random_weights"):
         from napari.utils.notifications import show_warning
 
-        show_warning("The pretrained CLIP weights could not be fetched: the demo runs the same architecture at "
-                     "RANDOM weights and every search result is noise (layers are marked '(random weights)').")
+        from ..demo import HOW_TO_GET_WEIGHTS
+
+        show_warning("No pretrained CLIP weights here: text search is off. Shown: a pigment search (element maps) "
+                     "and an exemplar search with the random-weights model. " + HOW_TO_GET_WEIGHTS)
     add_demo_layers(viewer, result)
     if screenshot:
         from qtpy.QtWidgets import QApplication

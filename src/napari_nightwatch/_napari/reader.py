@@ -1,6 +1,11 @@
 """napari reader: painting stores and MA-XRF files (a thin shell over the library).
 
 Returns ``None`` for paths it does not handle, so napari asks the next plugin.
+
+Every directory reader (napari's builtins, napari-ome-zarr, ours) is offered every folder:
+npe2 ignores filename patterns for directories, so a store is claimed by three readers and
+napari asks which one to use unless its ``plugins.extension2reader`` setting names one.
+:func:`prefer_nightwatch_reader` adds that preference (see docs/interop.md).
 """
 
 from __future__ import annotations
@@ -11,6 +16,38 @@ from pathlib import Path
 from ..store import STORE_SUFFIX
 
 XRF_CUBE_SUFFIXES = (".rpl", ".bcf")
+PLUGIN_NAME = "napari-nightwatch"
+#: napari matches preferences against the real path, with a trailing separator for folders
+STORE_READER_PATTERN = f"*{STORE_SUFFIX}/"
+
+
+def prefer_nightwatch_reader(settings=None, *, replace: bool = False) -> bool:
+    """Make napari open ``*.nightwatch.zarr`` folders with this plugin (File > Open, drag and drop).
+
+    Parameters
+    ----------
+    settings
+        napari settings object; default ``napari.settings.get_settings()`` (saved to the
+        user's napari settings file).
+    replace
+        Replace a different reader the user has chosen for the pattern; by default a
+        user's choice is kept.
+
+    Returns
+    -------
+    bool
+        True when the preference now names this plugin.
+    """
+    if settings is None:
+        from napari.settings import get_settings
+
+        settings = get_settings()
+    current = dict(settings.plugins.extension2reader)
+    if current.get(STORE_READER_PATTERN) not in (None, PLUGIN_NAME) and not replace:
+        return False
+    if current.get(STORE_READER_PATTERN) != PLUGIN_NAME:
+        settings.plugins.extension2reader = {**current, STORE_READER_PATTERN: PLUGIN_NAME}
+    return True
 
 
 def _is_store(path: Path) -> bool:
@@ -70,5 +107,9 @@ def read_xrf_file(path: str | list[str]) -> list:
     meta = {"source": str(p), "shape": [int(v) for v in cube.data.shape]}
     if cube.calibration is not None:
         meta["calibration"] = cube.calibration.to_dict()
-    return [layers.cube_total_layer(cube.data, name=f"{p.name} total counts", pixel_size_um=cube.pixel_size_um,
-                                    metadata=meta)]
+    layer = layers.cube_total_layer(cube.data, name=f"{p.name} total counts", pixel_size_um=cube.pixel_size_um,
+                                    metadata=meta)
+    if cube.anisotropic:  # keep the aspect of pixels the file gives as taller or wider than square
+        layer[1]["scale"] = tuple(float(v) for v in cube.pixel_size_yx_um)
+        meta["pixel_size_yx_um"] = list(layer[1]["scale"])
+    return [layer]

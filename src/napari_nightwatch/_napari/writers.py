@@ -133,10 +133,14 @@ def write_map_ome_zarr(path: str, data: Any, meta: dict) -> list[str]:
 
     import zarr
 
-    from ..io.ngff import write_image_metadata
+    from ..io.ngff import placement_from_affine, placement_note, write_image_metadata
 
     levels = _map_arrays(data)
     pl = _placement(meta)
+    (sy, sx), (ty, tx) = pl["scale_um"], pl["translate_um"]
+    # napari applies the layer's affine after its scale and translate
+    full = np.asarray(pl.get("affine_um", np.eye(3)), dtype=np.float64) @ np.array([[sy, 0.0, ty], [0.0, sx, tx], [0.0, 0.0, 1.0]])
+    placement = placement_from_affine(full, levels[0].shape)
     p = Path(path)
     tmp = p.with_name(p.name + ".part")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -144,11 +148,13 @@ def write_map_ome_zarr(path: str, data: Any, meta: dict) -> list[str]:
     scales = []
     for i, lv in enumerate(levels):
         f = [levels[0].shape[k] / lv.shape[k] for k in range(2)]
-        scales.append([pl["scale_um"][0] * f[0], pl["scale_um"][1] * f[1]])
+        scales.append([placement["scale"][0] * f[0], placement["scale"][1] * f[1]])
         root.create_array(str(i), data=np.asarray(lv, dtype=np.float32), chunks=(min(lv.shape[0], 1024), min(lv.shape[1], 1024)),
                           dimension_names=("y", "x"))
-    write_image_metadata(root, "yx", scales, name=str(meta.get("name", "")), translation=pl["translate_um"])
+    write_image_metadata(root, "yx", scales, name=str(meta.get("name", "")), translation=placement["translation"])
     root.attrs["nightwatch"] = {"layer": str(meta.get("name", "")), **pl,
+                                "placement": {"affine_um": placement["affine_um"], "ngff_exact": placement["exact"],
+                                              "max_error_um": placement["max_error_um"], "note": placement_note(placement)},
                                 "metadata": _jsonable_metadata(meta.get("metadata", {}))}
     if p.exists():
         shutil.rmtree(p)

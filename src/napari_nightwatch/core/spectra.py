@@ -36,11 +36,15 @@ class EnergyCalibration:
             raise NightwatchError(
                 f"Energy calibration gain {self.gain_kev} keV/channel must be positive."
             )
-        if self.offset_kev < -1.0:
-            raise NightwatchError(
-                f"Energy calibration puts channel 0 at {self.offset_kev} keV; expected an offset "
-                "of at least -1 keV."
-            )
+        # no fixed bound on the offset: detectors put channel 0 well below zero energy
+        # (Bruker: -1.9 keV at 20 eV/channel). What physics asks is that the axis covers the
+        # lines that are fitted, which needs the channel count and the lines:
+        # napari_nightwatch.xrf.calibration.check_axis_covers_lines
+
+    def range_kev(self, n_channels: int) -> tuple[float, float]:
+        """Lowest and highest channel energy (keV) of an axis of ``n_channels``."""
+        e = self.energies(n_channels)
+        return float(e.min()), float(e.max())
 
     def energies(self, n_channels: int) -> np.ndarray:
         """Energy in keV of each of ``n_channels`` channels."""

@@ -9,6 +9,7 @@ in place (OME-Zarr) or streams it through :func:`write_mosaic_array`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,64 +141,121 @@ class AxesImage:
         return block.transpose([kept.index(a) for a in "yxc"])
 
 
-def _pixel_size_from_resolution(value: float | None, unit: str | None) -> float | None:
-    """Micrometres per pixel from a pixels-per-unit resolution, or None when it says nothing.
+#: where a pixel size came from when the file only gives a print resolution (dots per inch)
+PRINT_RESOLUTION = "print resolution"
+#: resolutions that image writers put in files that carry no physical size
+_PLACEHOLDER_DPI = (72.0, 96.0)
 
-    72 and 96 pixels per inch are the placeholders image writers put in files that carry
-    no physical size, so they are treated as absent rather than as 353 or 265 um pixels.
+
+@dataclass
+class PixelSize:
+    """What a file says about the size of its pixels.
+
+    Attributes
+    ----------
+    um
+        Micrometres per pixel when the file carries a physical size (OME, ImageJ calibration,
+        TIFF resolution in cm written by a camera or scanner), else None.
+    source
+        Where ``um`` came from (recorded in the store as ``pixel_size_source``), ``"print
+        resolution"`` when the file only gives dots per inch, or ``"none"``.
+    dpi
+        The print resolution in dots per inch, when that is all the file gives.
     """
-    if not value or value <= 0 or unit not in ("inch", "cm", "centimeter"):
-        return None
-    if unit == "inch" and round(value, 3) in (72.0, 96.0):
-        return None
-    per_unit_um = 25400.0 if unit == "inch" else 10000.0
-    return per_unit_um / float(value)
+
+    um: float | None
+    source: str
+    dpi: float | None = None
 
 
-def open_tiff(path: Path) -> tuple[AxesImage, float | None, str, Any]:
-    """Level 0 of a (pyramidal, OME-) TIFF as a lazy (y, x, c) view, its pixel size, origin and a closer.
+def _print_resolution(value: float | None, unit: str | None) -> PixelSize:
+    """A resolution that is a print setting: DPI (placeholder 72/96 dpi count as nothing)."""
+    if not value or value <= 0:
+        return PixelSize(None, "none")
+    dpi = float(value) * (2.54 if unit in ("cm", "centimeter") else 1.0)
+    # PNG stores pixels per metre, so 72 dpi comes back as 72.009
+    if any(abs(dpi - p) < 0.05 for p in _PLACEHOLDER_DPI):
+        return PixelSize(None, "none")
+    return PixelSize(None, PRINT_RESOLUTION, dpi)
 
-    tifffile's zarr view decodes only the tiles/strips a region touches.
+
+def tiff_pixel_size(tif, page) -> PixelSize:
+    """Pixel size of a TIFF: OME PhysicalSizeX, ImageJ calibration, or cm resolution from a camera/scanner.
+
+    A resolution in inches (or cm written by editing software, with no Make/Model tag) is
+    a print setting, not a sampling distance on the object, and is reported as such.
     """
+    if tif.is_ome and tif.ome_metadata:
+        um = _ome_physical_size(tif.ome_metadata)
+        if um:
+            return PixelSize(um, "OME-TIFF PhysicalSizeX")
+    tags = page.tags
+    xres = tags.get("XResolution")
+    if xres is None:
+        return PixelSize(None, "none")
+    num, den = xres.value
+    value = num / den if den else None
+    ij = tif.imagej_metadata if tif.is_imagej else None
+    if ij and value and str(ij.get("unit", "")).strip() in UNIT_TO_UM and str(ij.get("unit")).strip() != "inch":
+        return PixelSize(UNIT_TO_UM[str(ij["unit"]).strip()] / value, "ImageJ calibration")
+    unit_tag = tags.get("ResolutionUnit")
+    unit = {2: "inch", 3: "cm"}.get(int(unit_tag.value) if unit_tag is not None else 2)
+    if unit is None:  # ResolutionUnit NONE: an aspect ratio, no size at all
+        return PixelSize(None, "none")
+    device = " ".join(str(tags[k].value).strip() for k in ("Make", "Model") if k in tags and str(tags[k].value).strip())
+    if unit == "cm" and value and device:
+        return PixelSize(1e4 / value, f"TIFF resolution (cm, {device})")
+    return _print_resolution(value, unit)
+
+
+@dataclass
+class TiffMosaic:
+    """A (pyramidal, OME-) TIFF opened for streaming: level 0 and the file's own coarser levels.
+
+    Attributes
+    ----------
+    image
+        Level 0 as a lazy ``(y, x, c)`` view; tifffile's zarr view decodes only the
+        tiles/strips a region touches.
+    pixel_size
+        What the file says about its pixel size.
+    levels
+        The file's pyramid levels (level 0 first) as lazy ``(y, x, c)`` views.
+    """
+
+    image: AxesImage
+    pixel_size: PixelSize
+    levels: list[AxesImage]
+    _handles: tuple = ()
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.close()
+
+
+def open_tiff(path: Path) -> TiffMosaic:
+    """Open a (pyramidal, OME-) TIFF for streaming; close the result after use."""
     import tifffile
     import zarr
 
-    tif = tifffile.TiffFile(path)  # closed by the caller, after streaming
+    tif = tifffile.TiffFile(path)
     try:
         series = tif.series[0]
         axes = series.axes
-        size_um: float | None = None
-        origin = "default"
-        if tif.is_ome and tif.ome_metadata:
-            size_um = _ome_physical_size(tif.ome_metadata)
-            origin = "OME-TIFF PhysicalSizeX" if size_um else origin
-        if size_um is None:
-            page = series.pages[0] if series.pages else tif.pages[0]
-            tags = page.tags
-            xres = tags.get("XResolution")
-            unit_tag = tags.get("ResolutionUnit")
-            if xres is not None:
-                num, den = xres.value
-                unit = {2: "inch", 3: "cm"}.get(int(unit_tag.value) if unit_tag is not None else 2)
-                size_um = _pixel_size_from_resolution(num / den if den else None, unit)
-                origin = "TIFF resolution tags" if size_um else origin
-        zstore = tifffile.imread(path, aszarr=True, series=0, level=0)
-        arr = zarr.open_array(zstore, mode="r")
-        return AxesImage(arr, axes), size_um, origin, _Closer(zstore, tif)
+        page = series.pages[0] if series.pages else tif.pages[0]
+        size = tiff_pixel_size(tif, page)
+        # one zarr view of the whole series: a group with one array per level ("0", "1", ...)
+        zstore = tifffile.imread(path, aszarr=True, series=0)
+        node = zarr.open(zstore, mode="r")
+        if isinstance(node, zarr.Group):
+            arrays = [node[str(k)] for k in range(len(series.levels))]
+        else:
+            arrays = [node]
+        levels = [AxesImage(a, axes) for a in arrays]
+        return TiffMosaic(levels[0], size, levels, (zstore, tif))
     except Exception:
         tif.close()
         raise
-
-
-class _Closer:
-    """Closes the TIFF file handles once streaming has finished."""
-
-    def __init__(self, *handles) -> None:
-        self.handles = handles
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.close()
 
 
 def _ome_physical_size(xml: str) -> float | None:
@@ -214,12 +272,12 @@ def _ome_physical_size(xml: str) -> float | None:
     return None
 
 
-def read_raster(path: Path) -> tuple[np.ndarray, float | None, str]:
+def read_raster(path: Path) -> tuple[np.ndarray, PixelSize]:
     """Decode a PNG or JPEG whole (these formats have no random access), with its pixel size.
 
     PNGs go through imagecodecs, which keeps 16-bit RGB that Pillow would truncate to
     8 bits; JPEGs through Pillow, which turns CMYK/YCbCr into RGB. Pillow also reads the
-    physical-size metadata (pHYs / JFIF density).
+    pHYs / JFIF density, which is a print resolution (dots per inch), not a size on the object.
     """
     from PIL import Image
 
@@ -244,8 +302,7 @@ def read_raster(path: Path) -> tuple[np.ndarray, float | None, str]:
         data = np.stack([g, g, g, a], axis=-1)
     if data.dtype.kind in "iu" and data.dtype != np.uint8 and data.min() >= 0 and data.max() <= 65535:
         data = data.astype(np.uint16)
-    size_um = _pixel_size_from_resolution(float(dpi[0]), "inch") if dpi else None
-    return data, size_um, ("PNG/JPEG resolution" if size_um else "default")
+    return data, (_print_resolution(float(dpi[0]), "inch") if dpi else PixelSize(None, "none"))
 
 
 def find_ngff_image(path: Path):

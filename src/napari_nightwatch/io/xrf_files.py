@@ -34,14 +34,27 @@ def cube_chunks(shape: tuple[int, int, int], itemsize: int, target_bytes: int = 
 
 
 def check_energy_axis(n_channels: int, calibration: EnergyCalibration, what: str) -> None:
-    """Raise if ``calibration`` puts the last of ``n_channels`` outside an XRF energy range."""
+    """Raise if ``calibration`` puts the last of ``n_channels`` outside an XRF energy range.
+
+    The message suggests a unit mix-up only where one would explain it: an axis that
+    lands inside the range once divided (eV read as keV) or multiplied (keV read as eV) by 1000.
+    """
     top = float(calibration.energies(n_channels)[-1])
-    if not (_MIN_TOP_KEV <= top <= _MAX_TOP_KEV):
-        raise NightwatchError(
-            f"{what}: an energy axis of {n_channels} channels with offset {calibration.offset_kev} keV and "
-            f"gain {calibration.gain_kev} keV/channel ends at {top:.4g} keV; expected the last channel between "
-            f"{_MIN_TOP_KEV:g} and {_MAX_TOP_KEV:g} keV (check the calibration units: keV, not eV)."
-        )
+    if _MIN_TOP_KEV <= top <= _MAX_TOP_KEV:
+        return
+    if top > _MAX_TOP_KEV and _MIN_TOP_KEV <= top / 1000.0 <= _MAX_TOP_KEV:
+        hint = " It looks like an axis in eV given as keV (check the calibration units: keV, not eV)."
+    elif 0 < top < _MIN_TOP_KEV and _MIN_TOP_KEV <= top * 1000.0 <= _MAX_TOP_KEV:
+        hint = " It looks like an axis in keV given as eV (check the calibration units: keV, not eV)."
+    elif top < _MIN_TOP_KEV:
+        hint = " An XRF spectrum must reach at least the lightest fitted lines (Na-Al K, 1.0-1.5 keV)."
+    else:
+        hint = ""
+    raise NightwatchError(
+        f"{what}: an energy axis of {n_channels} channels with offset {calibration.offset_kev:.6g} keV and "
+        f"gain {calibration.gain_kev:.6g} keV/channel ends at {top:.4g} keV; expected the last channel between "
+        f"{_MIN_TOP_KEV:g} and {_MAX_TOP_KEV:g} keV.{hint}"
+    )
 
 
 # ------------------------------------------------------------------------------ reading files
@@ -62,7 +75,10 @@ class XrfCube:
     calibration
         Energy calibration from the file, or None when the file has none.
     pixel_size_um
-        Pixel size in micrometres from the file, or None.
+        Pixel size in micrometres from the file, or None; the width of a pixel where the
+        file gives a different height (see ``pixel_size_yx_um``).
+    pixel_size_yx_um
+        ``(height, width)`` of a pixel in micrometres where the file gives both, else None.
     metadata
         What else the file says (format, live time, excitation energy, ...), JSON-able.
     """
@@ -71,6 +87,15 @@ class XrfCube:
     calibration: EnergyCalibration | None
     pixel_size_um: float | None
     metadata: dict[str, Any] = field(default_factory=dict)
+    pixel_size_yx_um: tuple[float, float] | None = None
+
+    @property
+    def anisotropic(self) -> bool:
+        """True when the file gives pixels whose height and width differ (by more than 1 in 10^6)."""
+        if self.pixel_size_yx_um is None:
+            return False
+        py, px = self.pixel_size_yx_um
+        return abs(py - px) > 1e-6 * max(py, px)
 
 
 @dataclass
@@ -136,6 +161,7 @@ def _rsciio_cube_dict(d: dict, path: Path, fmt: str) -> XrfCube:
         data = da.moveaxis(da.asarray(data), e_axis, -1)
     calib = _calibration_from_axis(e_ax.get("offset", 0.0), e_ax.get("scale", 1.0), e_ax.get("units"), str(path))
     px = _length_um(nav[-1].get("scale"), nav[-1].get("units")) if nav else None
+    py = _length_um(nav[-2].get("scale"), nav[-2].get("units")) if len(nav) >= 2 else None
     meta: dict[str, Any] = {"format": fmt, "file_energy_axis": {k: e_ax.get(k) for k in ("offset", "scale", "units")}}
     acq = dict(d.get("metadata", {}).get("Acquisition_instrument", {}) or {})
     for inst in acq.values():
@@ -147,7 +173,7 @@ def _rsciio_cube_dict(d: dict, path: Path, fmt: str) -> XrfCube:
                 meta["live_time_s"] = float(det["live_time"])
             if "real_time" in det:
                 meta["real_time_s"] = float(det["real_time"])
-    return XrfCube(data, calib, px, meta)
+    return XrfCube(data, calib, px, meta, (py, px) if py is not None and px is not None else None)
 
 
 def _parse_ripple_header(path: Path) -> dict[str, Any]:
@@ -241,7 +267,8 @@ def _read_ripple(path: Path) -> XrfCube:
     if "beam-energy" in info:
         meta["excitation_kev"] = float(info["beam-energy"])
     px = _length_um(info.get("width-scale"), info.get("width-units"))
-    return XrfCube(data, calib, px, meta)
+    py = _length_um(info.get("height-scale"), info.get("height-units"))
+    return XrfCube(data, calib, px, meta, (py, px) if py is not None and px is not None else None)
 
 
 def _read_bcf(path: Path) -> XrfCube:
@@ -534,6 +561,8 @@ def _read_column_text(path: Path, text: str, fmt: str) -> Spectrum:
     if a.shape[1] == 1:
         return Spectrum(a[:, 0], calib, {"format": fmt})
     x, counts = a[:, 0], a[:, 1]
+    if not np.isfinite(x).all():
+        raise NightwatchError(f"{path}: the first column (channel or energy in keV) holds NaN or infinite values.")
     if np.array_equal(x, np.arange(x.size)):
         return Spectrum(counts, calib, {"format": fmt, "first_column": "channel"})
     return Spectrum(counts, _calibration_from_energies(x, str(path)), {"format": fmt, "first_column": "energy"})
@@ -636,6 +665,11 @@ def read_spectrum(path: str | Path, *, calibration: EnergyCalibration | None = N
         )
     if spec.counts.size < 2:
         raise NightwatchError(f"{p} holds {spec.counts.size} channel(s); expected a spectrum.")
+    counts = np.asarray(spec.counts, np.float64)
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        bad = int((~np.isfinite(counts)).sum() + (counts < 0).sum())
+        raise NightwatchError(f"{p} holds {bad} channel(s) whose counts are NaN, infinite or negative; "
+                              "expected counts of 0 or more.")
     if calibration is not None:
         if spec.calibration is not None:
             spec.metadata["file_calibration"] = spec.calibration.to_dict()

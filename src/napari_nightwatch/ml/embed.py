@@ -60,7 +60,7 @@ def _to_8bit(block: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- pipeline
-def _tile_reader(store: PaintingStore, grid: TileGrid) -> Callable[[np.ndarray], np.ndarray]:
+def tile_reader(store: PaintingStore, grid: TileGrid) -> Callable[[np.ndarray], np.ndarray]:
     """A function: tile indices -> uint8 (n, tile, tile, 3), one region read per row-segment."""
     arr = store.mosaic_levels()[grid.level]
     lh, lw = int(arr.shape[0]), int(arr.shape[1])
@@ -284,7 +284,7 @@ def _embed_block_task(
         vectors[cid * chunk_tiles : cid * chunk_tiles + rows.shape[0]] = rows
 
     n = _embed_chunks(
-        _tile_reader(store, grid), engine, _plan(grid, chunk_ids, chunk_tiles), chunk_tiles,
+        tile_reader(store, grid), engine, _plan(grid, chunk_ids, chunk_tiles), chunk_tiles,
         batch_size=batch_size, num_workers=num_workers, write_chunk=write_chunk,
         on_written=lambda cid: None, timer=timer,
     )
@@ -391,6 +391,16 @@ def embed_store(
     store.require_writable()
     if batch_size < 1:
         raise NightwatchError(f"batch_size={batch_size} must be a positive number of tiles.")
+    gid = grid if isinstance(grid, str) else grid.grid_id
+    with store.job(layout.embeddings(gid, engine.model_id), "nightwatch embed"):
+        return _embed_store(store, engine, grid, batch_size=batch_size, progress=progress, client=client,
+                            num_workers=num_workers, chunk_tiles=chunk_tiles, overwrite=overwrite)
+
+
+def _embed_store(store: PaintingStore, engine, grid: TileGrid | str, *, batch_size: int,
+                 progress: ProgressCallback | None, client, num_workers: int, chunk_tiles: int | None,
+                 overwrite: bool) -> dict:
+    """:func:`embed_store` under the embeddings' job lock."""
     if isinstance(grid, str):
         grid = load_grid(store, grid)
     elif not (store.has(layout.grid(grid.grid_id)) and store.is_complete(layout.grid(grid.grid_id))):
@@ -471,7 +481,7 @@ def embed_store(
                 done_arr[cid] = True  # after the vectors: a chunk is never marked done before it is written
 
             n_embedded = _embed_chunks(
-                _tile_reader(store, grid), engine, _plan(grid, todo, chunk_tiles), chunk_tiles,
+                tile_reader(store, grid), engine, _plan(grid, todo, chunk_tiles), chunk_tiles,
                 batch_size=batch_size, num_workers=num_workers, write_chunk=write_chunk,
                 on_written=on_chunk, timer=timer,
             )

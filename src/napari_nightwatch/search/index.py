@@ -41,7 +41,7 @@ from ..core.errors import NightwatchError
 from ..core.jsonutil import jsonable
 from ..core.progress import ProgressCallback, report
 from ..store import PaintingStore
-from ..store.embeddings import READ_ROWS, Embeddings, open_embeddings, unit_rows
+from ..store.embeddings import READ_ROWS, Embeddings, open_embeddings, resolve_grid_model, unit_rows
 
 FLAT_MAX_VECTORS = 200_000
 HNSW_MAX_VECTORS = 1_000_000
@@ -400,7 +400,17 @@ def _index_path(grid_id: str, model_id: str) -> str:
     return f"grids/{grid_id}/index/{model_id}"
 
 
+def _index_digest(faiss_bytes: np.ndarray, tile_ids: np.ndarray) -> str:
+    """SHA-256 of the serialised index and its tile ids: zeroed or truncated bytes are caught on load."""
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(faiss_bytes, dtype=np.uint8).tobytes())
+    h.update(np.ascontiguousarray(tile_ids, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
 def _write_faiss_bytes(group, index) -> None:
+    """Write the serialised index (after its ``tile_ids``) and the checksum of both."""
     import faiss
 
     buf = np.asarray(faiss.serialize_index(index), dtype=np.uint8)
@@ -408,6 +418,8 @@ def _write_faiss_bytes(group, index) -> None:
         del group["faiss"]
     arr = group.create_array("faiss", shape=buf.shape, dtype=np.uint8, chunks=(min(max(buf.size, 1), 1 << 24),))
     arr[...] = buf
+    group.attrs["checksum"] = {"sha256": _index_digest(buf, np.asarray(group["tile_ids"][...])),
+                               "of": "faiss bytes, then tile_ids as little-endian int64"}
 
 
 def build_index(
@@ -451,10 +463,19 @@ def build_index(
     vectors anyway). Nothing is marked complete until everything is written; on
     failure the partial index group is removed.
     """
+    store = PaintingStore.coerce(store, "r+")
+    gid, mid = resolve_grid_model(store, grid_id, model_id)
+    with store.job(_index_path(gid, mid), "nightwatch index"):
+        return _build_index(store, gid, mid, memory_budget_bytes=memory_budget_bytes, kind=kind,
+                            expected_vectors=expected_vectors, progress=progress)
+
+
+def _build_index(store: PaintingStore, grid_id: str, model_id: str, *, memory_budget_bytes: int | None,
+                 kind: str | None, expected_vectors: int | None, progress: ProgressCallback | None) -> dict[str, Any]:
+    """:func:`build_index` under the index's job lock."""
     import faiss
 
     t0 = time.perf_counter()
-    store = PaintingStore.coerce(store, "r+")
     emb = open_embeddings(store, grid_id, model_id)
     tiles = emb.available
     if tiles.size == 0:
@@ -554,7 +575,8 @@ def _make_vector_index(store: PaintingStore, emb: Embeddings, g, kind: str, para
 
 
 
-def load_index(store: PaintingStore | str | Path, grid_id: str | None = None, model_id: str | None = None) -> VectorIndex:
+def load_index(store: PaintingStore | str | Path, grid_id: str | None = None, model_id: str | None = None,
+               *, allow_unindexed: bool = False) -> VectorIndex:
     """Load the serialised index of a grid's embeddings.
 
     Parameters
@@ -563,6 +585,9 @@ def load_index(store: PaintingStore | str | Path, grid_id: str | None = None, mo
         The painting store.
     grid_id, model_id
         Which embeddings; default: the only ones the store holds.
+    allow_unindexed
+        Load even when tiles were embedded after the index was built (for
+        :func:`add_to_index`); searches refuse such an index, which would miss them.
 
     Returns
     -------
@@ -571,8 +596,9 @@ def load_index(store: PaintingStore | str | Path, grid_id: str | None = None, mo
     Raises
     ------
     NightwatchError
-        If there is no finished index, or its signature differs from the embeddings'
-        (they were recomputed since the index was built).
+        If there is no finished index, it is stale or damaged (checksum), its
+        signature differs from the embeddings' (they were recomputed since), or it
+        misses embedded tiles.
     """
     import faiss
 
@@ -583,6 +609,7 @@ def load_index(store: PaintingStore | str | Path, grid_id: str | None = None, mo
         raise NightwatchError(
             f"{store.path} has no finished index for {emb.grid_id}/{emb.model_id}; build it with `nightwatch index`."
         )
+    store.check_fresh(part, "rebuild it with `nightwatch index`")
     g = store.root[part]
     attrs = dict(g.attrs.get("nightwatch", {}))
     if jsonable(attrs.get("signature", {})) != jsonable(emb.signature):
@@ -590,8 +617,28 @@ def load_index(store: PaintingStore | str | Path, grid_id: str | None = None, mo
             f"The index {emb.grid_id}/{emb.model_id} in {store.path} was built from embeddings with a different "
             "signature than the ones stored now; rebuild it with `nightwatch index`."
         )
-    index = faiss.deserialize_index(np.asarray(g["faiss"][...], dtype=np.uint8))
+    raw = np.asarray(g["faiss"][...], dtype=np.uint8)
     tiles = np.asarray(g["tile_ids"][...], dtype=np.int64)
+    expected = dict(g.attrs.get("checksum", {})).get("sha256")  # indexes written before checksums have none
+    if expected is not None and _index_digest(raw, tiles) != expected:
+        raise NightwatchError(
+            f"The index {emb.grid_id}/{emb.model_id} in {store.path} is damaged (its bytes no longer match their "
+            "checksum); rebuild it with `nightwatch index`."
+        )
+    unindexed = 0 if allow_unindexed else np.setdiff1d(emb.available, tiles).size
+    if unindexed:
+        # built while the embedding was still running: serving it would silently miss those tiles
+        raise NightwatchError(
+            f"The index {emb.grid_id}/{emb.model_id} in {store.path} holds {tiles.size} tiles but {unindexed} more "
+            "have been embedded since it was built; add them with `nightwatch index --add` (or rebuild it)."
+        )
+    try:
+        index = faiss.deserialize_index(raw)
+    except RuntimeError as exc:
+        raise NightwatchError(
+            f"The index {emb.grid_id}/{emb.model_id} in {store.path} cannot be read ({exc}); rebuild it with "
+            "`nightwatch index`."
+        ) from exc
     return _make_vector_index(store, emb, g, attrs["index_type"], attrs.get("params", {}), tiles, index)
 
 
@@ -629,7 +676,15 @@ def add_to_index(
     The serialised bytes are rewritten and the part re-marked complete last.
     """
     store = PaintingStore.coerce(store, "r+")
-    vi = load_index(store, grid_id, model_id)
+    gid, mid = resolve_grid_model(store, grid_id, model_id)
+    with store.job(_index_path(gid, mid), "nightwatch index --add"):
+        return _add_to_index(store, gid, mid, tiles, progress=progress)
+
+
+def _add_to_index(store: PaintingStore, grid_id: str, model_id: str, tiles: np.ndarray | None, *,
+                  progress: ProgressCallback | None) -> dict[str, Any]:
+    """:func:`add_to_index` under the index's job lock."""
+    vi = load_index(store, grid_id, model_id, allow_unindexed=True)
     emb = open_embeddings(store, grid_id, model_id)
     avail = emb.available
     if tiles is None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,30 @@ def _unit(v: np.ndarray, what: str) -> np.ndarray:
     return (v / n).astype(np.float32)
 
 
+def check_text(text: str) -> str:
+    """The query text stripped; a sentence when it is empty."""
+    if not isinstance(text, str) or not text.strip():
+        raise NightwatchError("The text query is empty; give the words to look for (e.g. --text craquelure).")
+    return text.strip()
+
+
+def check_templates(templates: Sequence[str]) -> list[str]:
+    """Prompt templates that hold exactly one ``{}`` and nothing else for ``str.format``; a sentence otherwise."""
+    out = []
+    for t in templates:
+        try:
+            ok = "{}" in t and t.format("x") == t.replace("{}", "x", 1).replace("{{", "{").replace("}}", "}")
+        except (IndexError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise NightwatchError(
+                f"Prompt template {t!r} must hold one '{{}}' where the text goes and no other braces "
+                "(write '{{' or '}}' for a literal brace)."
+            )
+        out.append(t)
+    return out
+
+
 def text_vector(model, text: str, *, templates: Sequence[str] | None = None) -> np.ndarray:
     """Embed a text query, averaging over prompt templates.
 
@@ -66,16 +90,8 @@ def text_vector(model, text: str, *, templates: Sequence[str] | None = None) -> 
     np.ndarray
         float32 ``(dim,)`` unit vector.
     """
-    if not isinstance(text, str) or not text.strip():
-        raise NightwatchError("The text query is empty; give the words to look for (e.g. --text craquelure).")
-    text = text.strip()
-    if templates:
-        bad = [t for t in templates if "{}" not in t]
-        if bad:
-            raise NightwatchError(f"Prompt template {bad[0]!r} has no '{{}}' where the text should go.")
-        prompts = [t.format(text) for t in templates]
-    else:
-        prompts = [text]
+    text = check_text(text)
+    prompts = [t.format(text) for t in check_templates(templates)] if templates else [text]
     vecs = np.asarray(model.encode_text(prompts), dtype=np.float32)
     return _unit(vecs.mean(axis=0), f"embedding of the text {text!r}")
 
@@ -310,6 +326,14 @@ class Hit:
         The same in micrometres.
     grid_id, model_id
         Which grid and embeddings were searched.
+    source
+        For the pigment door: ``"measured"`` or ``"predicted"`` element maps.
+    composition
+        For the pigment door: the tile's element values as fractions of each map's
+        robust maximum.
+    no_evidence
+        For the pigment door: families whose predicted value has no evidence in the
+        photograph at this tile.
     """
 
     rank: int
@@ -324,6 +348,9 @@ class Hit:
     box_um: tuple[float, float, float, float]
     grid_id: str = ""
     model_id: str = ""
+    source: str = ""
+    composition: dict[str, float | None] | None = None
+    no_evidence: list[str] = field(default_factory=list)
 
 
 def hits_to_json(hits: Sequence[Hit]) -> list[dict[str, Any]]:
@@ -331,6 +358,10 @@ def hits_to_json(hits: Sequence[Hit]) -> list[dict[str, Any]]:
     out = []
     for h in hits:
         d = asdict(h)
+        # the pigment door's fields only where they say something
+        for key, empty in (("source", ""), ("composition", None), ("no_evidence", [])):
+            if d[key] == empty:
+                del d[key]
         d["box"] = [int(v) for v in h.box]
         d["box_um"] = [float(v) for v in h.box_um]
         out.append(d)

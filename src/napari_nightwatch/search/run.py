@@ -9,7 +9,10 @@ this module never builds one, so search stays free of torch.
 Combining rules: text, exemplar regions and exemplar images may be combined, with
 any number of "not like this" texts; an XRF query (spectrum file, XRF pixel or XRF
 region) is answered in the space of the image model its spectrum encoder was trained
-against and cannot be combined with other queries.
+against and cannot be combined with other image or text queries. The pigment door
+(a pigment name and/or a composition filter, :mod:`.composition`) is a query of its
+own (tiles ranked by the element maps, no model at all) or restricts any other query
+to the tiles whose composition passes ("like this region, where Hg is high").
 """
 
 from __future__ import annotations
@@ -24,7 +27,17 @@ import numpy as np
 from ..core.errors import NightwatchError
 from ..core.progress import ProgressCallback, report
 from ..store import PaintingStore
-from ..store.embeddings import open_embeddings, resolve_grid_model
+from ..store.embeddings import open_embeddings, resolve_grid_model, unit_rows
+from .composition import (
+    COLOUR_WEIGHT,
+    MAPS,
+    PIGMENT_FILTER_MIN,
+    composition_hits,
+    per_tile_map,
+    pigment_tile_scores,
+    tile_composition,
+    where_tiles,
+)
 from .query import (
     Hit,
     combine,
@@ -72,6 +85,17 @@ class Query:
         Number of hits, and whether overlapping hits merge (IoU above the threshold).
     with_map
         Also compute the per-tile similarity map of the first painting.
+    pigment
+        A pigment of the library ("smalt", "loodwit"): the pigment door.
+    where
+        A composition filter, e.g. ``"Co-K > 0.3 and Pb-L < 0.5"`` (fractions of each
+        map's robust maximum; ``z(Hg-L) > 3`` for robust z-scores).
+    maps
+        Which element maps the pigment door reads: ``"auto"`` (measured where the scan
+        covers a tile, predicted from the photograph elsewhere), ``"measured"`` or
+        ``"predicted"``.
+    colour_weight
+        Weight of the colour family in a pigment score (0: elements only).
     """
 
     text: str | None = None
@@ -89,18 +113,59 @@ class Query:
     merge: bool = True
     iou_threshold: float = 0.3
     with_map: bool = False
+    pigment: str | None = None
+    where: str | None = None
+    maps: str = "auto"
+    colour_weight: float = COLOUR_WEIGHT
 
     @property
     def is_xrf(self) -> bool:
         return any(v is not None for v in (self.spectrum_file, self.xrf_pixel, self.xrf_region))
 
+    @property
+    def is_composition(self) -> bool:
+        """The pigment door is asked (alone or as a filter)."""
+        return self.pigment is not None or self.where is not None
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """Anything beyond the pigment door (text, exemplar, XRF)."""
+        return self.is_xrf or bool(self.negative) or any(
+            v is not None for v in (self.text, self.region, self.image))
+
     def check(self) -> None:
         """Refuse an empty or contradictory query with one sentence."""
         positives = [v for v in (self.text, self.region, self.image) if v is not None]
-        if not positives and not self.is_xrf:
+        if not positives and not self.is_xrf and not self.is_composition:
             raise NightwatchError(
-                "Say what to look for: --text, --region, --image, --spectrum, --xrf-pixel or --xrf-region."
+                "Say what to look for: --text, --region, --image, --spectrum, --xrf-pixel, --xrf-region, "
+                "--pigment or --where."
             )
+        from .query import check_templates, check_text
+
+        for t in ([self.text] if self.text is not None else []) + list(self.negative):
+            check_text(t)
+        if self.templates:
+            check_templates(self.templates)
+        if self.negative and not positives:
+            raise NightwatchError("--not needs something to look for: give --text, --region or --image too.")
+        if self.pigment is not None:
+            from ..xrf.pigments import find_pigment
+
+            p = find_pigment(self.pigment)  # unknown names: one sentence with the nearest names
+            if not p.xrf_visible:
+                raise NightwatchError(
+                    f"{p.name} cannot be found in element maps because none of its elements is visible to XRF; "
+                    "search for it with a text or exemplar query instead."
+                )
+        if self.where is not None:
+            from ..xrf.composition import parse_where
+
+            parse_where(self.where)  # a syntax error is one sentence, before anything is read
+        if self.maps not in MAPS:
+            raise NightwatchError(f"maps={self.maps!r} must be one of {', '.join(MAPS)}.")
+        if not (isinstance(self.colour_weight, (int, float)) and 0.0 <= float(self.colour_weight) <= 1.0):
+            raise NightwatchError(f"colour_weight={self.colour_weight!r} must be a number from 0 to 1.")
         if self.is_xrf and (positives or self.negative or sum(
                 v is not None for v in (self.spectrum_file, self.xrf_pixel, self.xrf_region)) > 1):
             raise NightwatchError(
@@ -126,6 +191,12 @@ class Query:
                        xrf_pixel=self.xrf_pixel, xrf_region=self.xrf_region)
         if self.negative:
             out["not"] = list(self.negative)
+        if self.pigment is not None:
+            out["pigment"] = self.pigment
+        if self.where is not None:
+            out["where"] = self.where
+        if self.is_composition:
+            out["maps"] = self.maps
         return out
 
     def label(self) -> str:
@@ -145,9 +216,13 @@ class Query:
             parts.append(f"XRF region {y0},{x0}-{y1},{x1}")
         if self.spectrum_file is not None:
             parts.append(f"spectrum {Path(self.spectrum_file).name}")
+        if self.pigment is not None:
+            parts.append(f"pigment {self.pigment}")
         label = " + ".join(parts)
         for t in self.negative:
             label += f" not {t}"
+        if self.where is not None:
+            label = f"{label} where {self.where}" if label else f"where {self.where}"
         return label
 
 
@@ -209,6 +284,8 @@ def run_query(
     opened = [PaintingStore.coerce(s) for s in many]
     first = opened[0]
     report(progress, 0, 3, "query")
+    if not query.needs_embeddings:
+        return _run_composition(opened, query, progress)
     engine = None
     if query.is_xrf:
         # the spectrum encoder decides the image model; hits come from that model's embeddings
@@ -240,16 +317,111 @@ def run_query(
         vec = combine(positives, negatives)
         sig = emb.signature
     report(progress, 1, 3, "search")
-    hits = list(search(opened, vec, grid_id=query.grid_id if len(opened) > 1 else gid, model_id=mid, k=query.k,
-                       merge=query.merge, iou_threshold=query.iou_threshold, indexes=indexes))
+    extra: dict[str, Any] = {}
+    allowed_first = None
+    if query.is_composition:
+        # the pigment door as a filter: exact similarity over the tiles whose composition passes
+        hits = []
+        for store in opened:
+            g_here = gid if store is first else (query.grid_id or gid)
+            comp = tile_composition(store, g_here, maps=query.maps)
+            _, allowed = _composition_scores(comp, query, as_filter=True)
+            emb = open_embeddings(store, comp.grid_id, mid)
+            ok = emb.done_tiles[comp.tiles] & emb.keep[comp.tiles]
+            sims = np.full(comp.tiles.size, np.nan)
+            if ok.any():
+                sims[ok] = unit_rows(np.asarray(emb.read(comp.tiles[ok]), np.float32)).astype(np.float64) @ \
+                    np.asarray(vec, np.float64)
+            hits += composition_hits(comp, sims, k=query.k, allowed=allowed, merge=query.merge,
+                                     iou_threshold=query.iou_threshold, model_id=mid,
+                                     families=_families_of(query, comp))
+            if store is first:
+                allowed_first = (comp, allowed)
+                extra["composition"] = comp.describe()
+        hits = _rerank(hits, query.k)
+    else:
+        hits = list(search(opened, vec, grid_id=query.grid_id if len(opened) > 1 else gid, model_id=mid,
+                           k=query.k, merge=query.merge, iou_threshold=query.iou_threshold, indexes=indexes))
     sim = transform = None
     if query.with_map:
         report(progress, 2, 3, "similarity map")
         sim, scale, translate = similarity_map(first, vec, grid_id=gid, model_id=mid)
+        if allowed_first is not None:
+            comp, allowed = allowed_first
+            passing = np.zeros(comp.grid.n_tiles, bool)
+            passing[comp.tiles[allowed]] = True
+            sim = np.where(passing.reshape(sim.shape), sim, np.nan).astype(np.float32)
         transform = (scale, translate)
     report(progress, 3, 3, "done")
     random = str(sig.get("pretrained", "")).lower() == "none" or bool(getattr(engine, "random_weights", False))
-    return Result(query, gid, mid, vec, hits, sim, transform, random)
+    return Result(query, gid, mid, vec, hits, sim, transform, random, extra)
+
+
+def _families_of(query: Query, comp) -> list[str]:
+    """The families a hit of this query reports: the pigment's and the filter's."""
+    from ..xrf.composition import parse_where
+    from ..xrf.pigments import find_pigment, match_families
+
+    fams: list[str] = []
+    if query.pigment is not None:
+        fams += [f for f in match_families(find_pigment(query.pigment), comp.values).values() if f is not None]
+    if query.where is not None:
+        fams += [f for f in parse_where(query.where).families if f in comp.values]
+    return list(dict.fromkeys(fams))
+
+
+def _composition_scores(comp, query: Query, *, as_filter: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and the allowed tiles of the pigment door for one store.
+
+    Alone, a pigment ranks by its score and a filter by its margin; together the
+    filter restricts and the pigment ranks. As a filter of another query, tiles
+    pass when the filter holds and the pigment scores at least
+    :data:`.composition.PIGMENT_FILTER_MIN`.
+    """
+    n = comp.tiles.size
+    allowed = np.ones(n, bool)
+    scores = np.zeros(n)
+    if query.where is not None:
+        passes, how_far = where_tiles(comp, query.where)
+        allowed &= passes
+        scores = how_far
+    if query.pigment is not None:
+        ps = pigment_tile_scores(comp, query.pigment, colour_weight=float(query.colour_weight))
+        scores = ps
+        if as_filter:
+            allowed &= np.nan_to_num(ps, nan=0.0) >= PIGMENT_FILTER_MIN
+        else:
+            allowed &= ps > 0
+    return scores, allowed
+
+
+def _rerank(hits: list[Hit], k: int) -> list[Hit]:
+    hits = sorted(hits, key=lambda h: -h.score)[:k]
+    for r, h in enumerate(hits, start=1):
+        h.rank = r
+    return hits
+
+
+def _run_composition(opened: list[PaintingStore], query: Query, progress: ProgressCallback | None) -> Result:
+    """The pigment door on its own: tiles ranked by element maps (and colour), no model."""
+    hits: list[Hit] = []
+    sim = transform = None
+    gid = ""
+    extra: dict[str, Any] = {}
+    for store in opened:
+        comp = tile_composition(store, query.grid_id, maps=query.maps)
+        scores, allowed = _composition_scores(comp, query, as_filter=False)
+        hits += composition_hits(comp, scores, k=query.k, allowed=allowed, merge=query.merge,
+                                 iou_threshold=query.iou_threshold, families=_families_of(query, comp))
+        if store is opened[0]:
+            gid = comp.grid_id
+            extra["composition"] = comp.describe()
+            if query.with_map:
+                report(progress, 2, 3, "score map")
+                sim, scale, translate = per_tile_map(comp, np.where(allowed, scores, np.nan))
+                transform = (scale, translate)
+    report(progress, 3, 3, "done")
+    return Result(query, gid, "", np.zeros(0, np.float32), _rerank(hits, query.k), sim, transform, False, extra)
 
 
 __all__ = ["Encoders", "Query", "Result", "run_query"]

@@ -45,6 +45,8 @@ MODELS = "models"
 PREDICTED = "predicted"
 GROUND_TRUTH = "ground_truth"
 STAGING = "staging"
+#: pseudo-part whose completion record changes with every registration (set_xrf_affine)
+REGISTRATION = "xrf/registration"
 
 
 def grid(grid_id: str) -> str:
@@ -75,3 +77,34 @@ def model(model_id: str) -> str:
 def predicted(name: str) -> str:
     """Path of a set of predicted element maps."""
     return f"{PREDICTED}/{name}"
+
+
+def inputs_of(part: str, record: dict) -> list[str]:
+    """The parts a part may be made from (its edges in the dependency graph).
+
+    mosaic -> grid -> embeddings -> index; xrf -> xrf_maps; registration, xrf (and
+    xrf_maps) and embeddings -> trained model -> predicted maps. ``record`` is the
+    part's completion record (models and predictions name their grid, image model
+    and encoder there). Candidates that are not complete when the part is finished
+    are not inputs of it.
+    """
+    bits = part.split("/")
+    if part == XRF_MAPS:
+        return [XRF]
+    if bits[0] == GRIDS and len(bits) == 2:
+        return [MOSAIC]
+    if bits[0] == GRIDS and len(bits) == 4 and bits[2] == "embeddings":
+        return [grid(bits[1])]
+    if bits[0] == GRIDS and len(bits) == 4 and bits[2] == "index":
+        return [embeddings(bits[1], bits[3])]
+    if bits[0] == MODELS and len(bits) == 2:
+        out = [XRF, XRF_MAPS, REGISTRATION]
+        if record.get("grid_id") and record.get("image_model_id"):
+            out.append(embeddings(str(record["grid_id"]), str(record["image_model_id"])))
+        return out
+    if bits[0] == PREDICTED and len(bits) == 2:
+        out = [XRF, XRF_MAPS, REGISTRATION]
+        if record.get("encoder_id"):
+            out.append(model(str(record["encoder_id"])))
+        return out
+    return []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -37,6 +38,40 @@ LOCK_WAIT_S = 30.0
 
 # upgrade functions, keyed by the schema version they upgrade *from*
 UPGRADES: dict[int, Any] = {}
+
+
+#: what to rerun for a stale part, by its top-level name
+_RERUN = {
+    "xrf_maps": "nightwatch xrf-maps --overwrite",
+    "grids": "nightwatch embed --overwrite (then nightwatch index)",
+    "models": "nightwatch train-xrf",
+    "predicted": "nightwatch predict-xrf",
+}
+
+
+def writes(part: str, what: str):
+    """Decorator: run a long job ``f(store, ...)`` under the store's one-writer lock of ``part``.
+
+    See :meth:`PaintingStore.job`. A first argument that is not an open
+    :class:`PaintingStore` (a path) is passed through; the function opens it and
+    locks nothing (library code that calls with a path writes no part).
+    """
+
+    def deco(fn):
+        @functools.wraps(fn)
+        def run(store, *args, **kwargs):
+            if isinstance(store, PaintingStore) and store.mode != "r":
+                with store.job(part, what):
+                    return fn(store, *args, **kwargs)
+            return fn(store, *args, **kwargs)
+
+        return run
+
+    return deco
+
+
+#: job locks this process holds: (store path, part) -> (lock, depth)
+_JOBS: dict[tuple[str, str], tuple[Any, int]] = {}
 
 
 def _now() -> str:
@@ -65,6 +100,37 @@ def to_yxc(arr, axes: str):
     return arr.transpose([kept.index(a) for a in "yxc"])
 
 
+#: chunk files of a folder source (an OME-Zarr used in place) whose bytes are hashed, sampled
+#: evenly over the sorted file list so every pyramid level and every part of level 0 is seen
+FOLDER_SAMPLE_FILES = 256
+#: names of zarr metadata files, always hashed whole
+_ZARR_META = frozenset({"zarr.json", ".zattrs", ".zarray", ".zgroup", ".zmetadata"})
+
+
+def _folder_signature(p: Path) -> str:
+    """Content signature of a folder (an OME-Zarr used in place): names and sizes of its files, the
+    bytes of every metadata file and of a deterministic sample of chunk files (head and tail of large
+    ones). An edited chunk changes its compressed bytes, so edits to sampled chunks are caught; edits
+    to others change the signature when they change a chunk's size."""
+    files = sorted(f for f in p.rglob("*") if f.is_file())
+    h = hashlib.sha1(str(len(files)).encode())
+    meta = [f for f in files if f.name in _ZARR_META]
+    chunks = [f for f in files if f.name not in _ZARR_META]
+    step = max(1, -(-len(chunks) // FOLDER_SAMPLE_FILES))
+    sampled = set(chunks[::step])
+    for f in files[:20000]:
+        h.update(str(f.relative_to(p)).encode())
+        h.update(str(f.stat().st_size).encode())
+    for f in meta + sorted(sampled):
+        with open(f, "rb") as fh:
+            head = fh.read(1 << 20)
+            h.update(head)
+            if len(head) == 1 << 20:
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read())
+    return "dirc:" + h.hexdigest()[:16]
+
+
 def file_signature(path: str | Path, max_bytes: int = 1 << 22) -> str:
     """Cheap, stable signature of a source file: size, and a hash of its head and tail.
 
@@ -72,12 +138,7 @@ def file_signature(path: str | Path, max_bytes: int = 1 << 22) -> str:
     """
     p = Path(path)
     if p.is_dir():
-        h = hashlib.sha1()
-        for f in sorted(p.rglob("*"))[:2000]:
-            if f.is_file():
-                h.update(str(f.relative_to(p)).encode())
-                h.update(str(f.stat().st_size).encode())
-        return "dir:" + h.hexdigest()[:16]
+        return _folder_signature(p)
     size = p.stat().st_size
     h = hashlib.sha1(str(size).encode())
     with open(p, "rb") as fh:
@@ -217,16 +278,122 @@ class PaintingStore:
         finally:
             self._lock.release()
 
+    @contextlib.contextmanager
+    def job(self, part: str, what: str, wait: float = 0.0) -> Iterator[None]:
+        """Hold the one-writer lock of ``part`` for a whole job (fit, embed, index, train, predict, import).
+
+        Different parts may be written at the same time (embed while fitting element
+        maps); the same part never: a second job on it is refused with one sentence
+        naming the holder (its command, process, host and start time), or waits up to
+        ``wait`` seconds. Re-entrant within a process. Readers never take it.
+
+        Parameters
+        ----------
+        part
+            The part the job writes, e.g. ``"xrf_maps"`` or ``layout.embeddings(grid_id, model_id)``.
+        what
+            The job in the user's words ("nightwatch embed"), shown to the one refused.
+        wait
+            Seconds to wait for the other job before refusing.
+        """
+        import socket
+
+        import filelock
+
+        self.require_writable()
+        name = part.replace("/", "__")
+        key = (str(self.path), part)
+        held = _JOBS.get(key)
+        if held is not None:  # this process already runs this part's job (a nested call)
+            _JOBS[key] = (held[0], held[1] + 1)
+            try:
+                yield
+            finally:
+                lock, n = _JOBS[key]
+                _JOBS[key] = (lock, n - 1)
+            return
+        lock = filelock.FileLock(str(self.path / f".job.{name}.lock"))
+        info = self.path / f".job.{name}.json"
+        try:
+            lock.acquire(timeout=wait)
+        except filelock.Timeout:
+            try:
+                h = json.loads(info.read_text())
+                holder = f"{h.get('what')} (process {h.get('pid')} on {h.get('host')}, since {h.get('started')})"
+            except (OSError, ValueError):
+                holder = "another job"
+            raise NightwatchError(
+                f"{part} of {self.path} is being written by {holder}; wait for it to finish or stop it, then run "
+                "this again (it resumes)."
+            ) from None
+        _JOBS[key] = (lock, 1)
+        try:
+            info.write_text(json.dumps({"what": what, "pid": os.getpid(), "host": socket.gethostname(),
+                                        "started": _now()}))
+            yield
+        finally:
+            del _JOBS[key]
+            with contextlib.suppress(OSError):
+                info.unlink()
+            lock.release()
+
     def is_complete(self, part: str) -> bool:
         """Whether ``part`` (e.g. "mosaic", "xrf", "grids/L0-t224-s224") finished writing."""
         return part in self._fresh_meta().get("complete", {})
 
     def mark_complete(self, part: str, **made_from: Any) -> None:
-        """Record that ``part`` is fully written, with its provenance (atomic under the lock)."""
+        """Record that ``part`` is fully written, with its provenance (atomic under the lock).
+
+        The record gets a fresh ``id`` and the ids of the parts it was made from
+        (``inputs``, see :func:`.layout.inputs_of`), so a part whose input is rewritten
+        later reads as stale (:meth:`stale_parts`).
+        """
         with self.lock():
             m = self._fresh_meta()
-            m.setdefault("complete", {})[part] = provenance(**made_from)
+            done = m.setdefault("complete", {})
+            rec = provenance(**made_from)
+            rec["id"] = uuid.uuid4().hex[:12]
+            inputs = {p: done[p]["id"] for p in layout.inputs_of(part, rec)
+                      if p != part and isinstance(done.get(p), dict) and "id" in done[p]}
+            if inputs:
+                rec["inputs"] = inputs
+            done[part] = rec
             self.root.attrs["nightwatch"] = jsonable(m)
+
+    def stale_parts(self) -> dict[str, str]:
+        """Complete parts made from an input that was since rewritten or removed, with the reason.
+
+        Staleness propagates: a part made from a stale part is stale too. Records
+        written before the dependency graph (no ``inputs``) are never stale.
+        """
+        done = self.completed()
+        out: dict[str, str] = {}
+        for part, rec in done.items():
+            for inp, rid in dict(rec.get("inputs", {})).items():
+                cur = done.get(inp)
+                if cur is None:
+                    out[part] = f"{inp} is no longer complete"
+                    break
+                if cur.get("id") != rid:
+                    out[part] = f"{inp} was rewritten after it was made ({cur.get('created')})"
+                    break
+        changed = True
+        while changed:
+            changed = False
+            for part, rec in done.items():
+                if part in out:
+                    continue
+                bad = next((inp for inp in dict(rec.get("inputs", {})) if inp in out), None)
+                if bad is not None:
+                    out[part] = f"{bad} is stale ({out[bad]})"
+                    changed = True
+        return out
+
+    def check_fresh(self, part: str, fix: str) -> None:
+        """Refuse a stale part with one sentence: what it is, why it is stale, and ``fix`` (what to rerun)."""
+        reason = self.stale_parts().get(part)
+        if reason is not None:
+            raise NightwatchError(f"{part} in {self.path} is stale: {reason}; {fix}.")
 
     def mark_incomplete(self, part: str) -> None:
         """Forget the completion record of ``part`` (atomic under the lock)."""
@@ -263,24 +430,25 @@ class PaintingStore:
             The part's path, e.g. ``layout.MOSAIC`` or ``layout.index(grid_id, model_id)``.
         """
         self.require_writable()
-        staging = f"{layout.STAGING}/{uuid.uuid4().hex[:12]}"
-        group = self.root.require_group(staging)
-        made_from: dict[str, Any] = {}
-        try:
-            yield group, made_from
-        except BaseException:
-            with contextlib.suppress(Exception):
-                del self.root[staging]
-            raise
-        with self.lock():
-            self.mark_incomplete(part)
-            if part in self.root:
-                del self.root[part]
-            parent = part.rpartition("/")[0]
-            if parent:
-                self.root.require_group(parent)
-            os.replace(self.path / staging, self.path / part)
-            self.mark_complete(part, **made_from)
+        with self.job(part, f"writing {part}"):
+            staging = f"{layout.STAGING}/{uuid.uuid4().hex[:12]}"
+            group = self.root.require_group(staging)
+            made_from: dict[str, Any] = {}
+            try:
+                yield group, made_from
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    del self.root[staging]
+                raise
+            with self.lock():
+                self.mark_incomplete(part)
+                if part in self.root:
+                    del self.root[part]
+                parent = part.rpartition("/")[0]
+                if parent:
+                    self.root.require_group(parent)
+                os.replace(self.path / staging, self.path / part)
+                self.mark_complete(part, **made_from)
 
     def require_writable(self) -> None:
         if self.mode == "r":
@@ -412,6 +580,12 @@ class PaintingStore:
         m["affine"] = a.tolist()
         m["registration"] = provenance(**made_from)
         g.attrs["nightwatch"] = jsonable(m)
+        # a record of its own, so models and predictions made before it read as stale
+        self.mark_complete(layout.REGISTRATION, **made_from)
+        # other NGFF viewers place xrf/total and xrf_maps by their coordinate transformations
+        from .sources import sync_xrf_placement
+
+        sync_xrf_placement(self)
 
     def xrf_sum_spectrum(self) -> np.ndarray:
         return np.asarray(self.root[layout.XRF_SUM_SPECTRUM][...])
@@ -468,6 +642,14 @@ class PaintingStore:
             out["models"] = sorted(m for m, _ in self.root[layout.MODELS].groups())
         if self.has(layout.PREDICTED):
             out["predicted"] = sorted(m for m, _ in self.root[layout.PREDICTED].groups())
+        stale = self.stale_parts()
+        from .sources import changed_reference
+
+        changed = changed_reference(self)  # read here, not in stale_parts: it hashes the source's files
+        if changed:
+            stale = {"mosaic": changed, **stale}
+        if stale:
+            out["stale"] = stale
         out["next_steps"] = self.next_steps()
         return out
 
@@ -481,6 +663,8 @@ class PaintingStore:
             steps.append("fit element maps (nightwatch xrf-maps)")
         if self.has_mosaic and not self.has(layout.GRIDS):
             steps.append("embed the mosaic tiles (nightwatch embed)")
+        for part in sorted(self.stale_parts()):
+            steps.append(f"rerun {part}: {_RERUN.get(part.split('/')[0] if '/' in part else part, 'rebuild it')}")
         return steps
 
     def __repr__(self) -> str:

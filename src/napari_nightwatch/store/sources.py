@@ -10,14 +10,15 @@ import commands that join a reader of :mod:`napari_nightwatch.io` to them
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..core.errors import NightwatchError
-from ..core.geometry import as_affine
+from ..core.errors import Cancelled, NightwatchError
+from ..core.geometry import as_affine, micrometre_affine
 from ..core.jsonutil import jsonable
 from ..core.progress import ProgressCallback, report
 from ..core.spectra import EnergyCalibration
@@ -27,10 +28,12 @@ from ..io.mosaic import (
     CHANNEL_COLORS,
     CHANNEL_NAMES,
     DEFAULT_PIXEL_SIZE_UM,
+    PRINT_RESOLUTION,
     RASTER_SUFFIXES,
     TIFF_SUFFIXES,
     UNIT_TO_UM,
     AxesImage,
+    PixelSize,
     as_yxc,
     find_ngff_image,
     mean_2x2,
@@ -39,7 +42,7 @@ from ..io.mosaic import (
     read_raster,
     validate_image,
 )
-from ..io.ngff import write_image_metadata
+from ..io.ngff import placement_from_affine, placement_note, write_image_metadata
 from ..io.streaming import is_dask, store_dask
 from ..io.xrf_files import check_energy_axis, cube_chunks, read_cube
 from . import layout
@@ -54,6 +57,7 @@ def write_mosaic_array(
     source: str,
     chunk: int = 512,
     progress: ProgressCallback | None = None,
+    source_levels=None,
     **extra_attrs: Any,
 ) -> None:
     """Stream a mosaic image into the store's ``mosaic/`` NGFF 0.5 pyramid.
@@ -74,15 +78,19 @@ def write_mosaic_array(
         Edge of the stored chunks ``(c, chunk, chunk)`` and of the regions read.
     progress
         ``progress(done, total, stage)``; may raise :class:`~napari_nightwatch.core.errors.Cancelled`.
+    source_levels
+        The source's own pyramid, level 0 first (e.g. a pyramidal OME-TIFF's sub-resolutions),
+        as ``(y, x, c)`` array-likes. A level whose shape is our factor-2 level's shape is copied
+        instead of recomputed; which levels were copied is recorded as ``levels_from_source``.
     **extra_attrs
         Further JSON-able entries for ``attrs["nightwatch"]`` (e.g. ``source_signature``).
 
     Notes
     -----
     Level ``k`` is the factor-2 mean of level ``k-1`` (read back from the store chunk by
-    chunk), down to a short side of at most 512 pixels. The part is marked complete
-    only after every level is written; on any error (including ``Cancelled``) the
-    partial ``mosaic/`` is removed, so the store never shows a half-written mosaic.
+    chunk), down to a short side of at most 512 pixels, unless the source has that level.
+    The part is marked complete only after every level is written; on any error (including
+    ``Cancelled``) the partial ``mosaic/`` is removed, so the store never shows a half-written mosaic.
     """
     store.require_writable()
     validate_image(image, f"The mosaic image from {source}")
@@ -97,6 +105,15 @@ def write_mosaic_array(
     shapes = pyramid_shapes(h, w)
     grids = [(math.ceil(lh / chunk), math.ceil(lw / chunk)) for lh, lw in shapes]
     total = sum(gy * gx for gy, gx in grids)
+    # the source's level k is reused only where it is exactly our factor-2 level k (same
+    # shape, channels and type); its pixels may come from a better filter than our 2x2 mean
+    reused: dict[int, Any] = {}
+    for k, lv in enumerate(list(source_levels or [])[1 : len(shapes)], start=1):
+        if tuple(int(v) for v in lv.shape[:2]) == shapes[k] and (lv.shape[2] if lv.ndim == 3 else 1) == c \
+                and np.dtype(lv.dtype) == dtype:
+            reused[k] = lv
+        else:
+            break  # a level that does not match would make the coarser ones disagree with ours
 
     with store.replace_part(layout.MOSAIC) as (g, made_from):
         arrays = []
@@ -128,6 +145,8 @@ def write_mosaic_array(
                     x0, x1 = ix * chunk, min((ix + 1) * chunk, lw)
                     if k == 0:
                         tile = np.asarray(image[y0:y1, x0:x1]).transpose(2, 0, 1)
+                    elif k in reused:
+                        tile = np.asarray(as_yxc(reused[k])[y0:y1, x0:x1]).transpose(2, 0, 1)
                     else:
                         finer = arrays[k - 1]
                         tile = mean_2x2(
@@ -145,6 +164,8 @@ def write_mosaic_array(
             channel_names=CHANNEL_NAMES[c],
             channel_colors=CHANNEL_COLORS[c],
             contrast_limits=[(0, float(np.iinfo(dtype).max))] * c,
+            translation=[0.0, 0.0, 0.0],
+            rgb=c in (3, 4),
         )
         attrs = {
             "shape": [h, w, c],
@@ -154,6 +175,7 @@ def write_mosaic_array(
             "axes": "cyx",
             "source": str(source),
             "chunk": chunk,
+            "levels_from_source": sorted(reused),
         }
         attrs.update(extra_attrs)
         g.attrs["nightwatch"] = jsonable(attrs)
@@ -174,6 +196,25 @@ def open_or_create(store: PaintingStore | str | Path) -> PaintingStore:
     if p.exists():
         return PaintingStore.open(p, mode="r+")
     return PaintingStore.create(p)
+
+
+def changed_reference(store: PaintingStore) -> str | None:
+    """Why the OME-Zarr the mosaic references in place no longer is what was imported, or None.
+
+    Compares the content signature recorded at import with the folder as it is now
+    (stores whose reference was signed by names and sizes only are not checked).
+    """
+    info = store.mosaic_info if store.has_mosaic else {}
+    ref, sig = info.get("reference"), info.get("source_signature")
+    if not ref or not isinstance(sig, str) or not sig.startswith("dirc:"):
+        return None
+    root = Path(str(info.get("source") or ref))
+    if not root.exists():
+        return f"the OME-Zarr it uses in place, {root}, is gone"
+    now = source_file_signature(root)
+    if now != sig:
+        return f"the OME-Zarr it uses in place, {root}, was changed since it was imported (pixels or files differ)"
+    return None
 
 
 def source_file_signature(path: Path) -> str | None:
@@ -211,7 +252,7 @@ def _reference_ngff(path: Path, store: PaintingStore, pixel_size_um: float | Non
     if pixel_size_um is not None:
         size_um, origin = float(pixel_size_um), "given"
     elif factor is not None:
-        size_um, origin = scales[0] * factor, "NGFF scale"
+        size_um, origin = scales[0] * factor, f"NGFF scale ({unit})"
     else:
         size_um, origin = DEFAULT_PIXEL_SIZE_UM, "default"
         note = f"the OME-Zarr scale has no known unit ({unit!r}); {DEFAULT_PIXEL_SIZE_UM} um per pixel assumed"
@@ -223,6 +264,7 @@ def _reference_ngff(path: Path, store: PaintingStore, pixel_size_um: float | Non
             "shape": [h, w, c],
             "dtype": view.dtype.name,
             "pixel_size_um": size_um,
+            "pixel_size_source": origin,
             "pixel_size_from": origin,
             "downsamples": downsamples,
             "axes": axes,
@@ -258,8 +300,11 @@ def import_mosaic(
         A writable :class:`~napari_nightwatch.store.PaintingStore` or a path; a missing
         store is created (and removed again if the import fails).
     pixel_size_um
-        Level-0 pixel size in micrometres; default: from the source (OME PhysicalSizeX,
-        NGFF scale, TIFF/PNG resolution) or 5.0 um, noted in ``attrs["pixel_size_note"]``.
+        Level-0 pixel size in micrometres; default: a physical size the source carries (OME
+        PhysicalSizeX, NGFF scale, ImageJ calibration, TIFF resolution in cm written by a camera
+        or scanner), else 5.0 um, noted in ``attrs["pixel_size_note"]``. A source that gives
+        only a print resolution (dots per inch) is refused without it. Where the size came
+        from is recorded as ``attrs["pixel_size_source"]``.
     chunk
         Store chunk edge; memory use is a few chunks, whatever the image size (TIFF, DZI).
     progress
@@ -293,23 +338,30 @@ def import_mosaic(
     created = not isinstance(store, PaintingStore) and not Path(store).exists()
     # open the source before touching the store, so an unreadable source leaves no store behind
     closer = None
+    levels = None
     try:
         if kind == "tiff":
             try:
-                image, size_from_file, origin, closer = open_tiff(src)
+                tiff = open_tiff(src)
             except NightwatchError:
                 raise
             except Exception as exc:
                 raise NightwatchError(f"{src} could not be read as a TIFF image ({exc}).") from exc
+            image, size, levels, closer = tiff.image, tiff.pixel_size, tiff.levels, tiff
         elif kind == "raster":
             try:
-                image, size_from_file, origin = read_raster(src)
+                image, size = read_raster(src)
             except Exception as exc:
                 raise NightwatchError(f"{src} could not be read as a PNG/JPEG image ({exc}).") from exc
         elif kind == "dzi":
-            image, size_from_file, origin = DeepZoomImage(find_dzi(src)), None, "default"
+            image, size = DeepZoomImage(find_dzi(src)), PixelSize(None, "none")
         else:
-            image = None
+            image, size = None, PixelSize(None, "none")
+        if pixel_size_um is None and size.source == PRINT_RESOLUTION:
+            raise NightwatchError(
+                f"{src} gives only a print resolution ({size.dpi:g} dots per inch), which is not the size of a pixel "
+                "on the painting; give the pixel size in micrometres with --pixel-size-um (pixel_size_um=...)."
+            )
         ps = open_or_create(store)
         try:
             if kind == "ngff":
@@ -324,14 +376,28 @@ def import_mosaic(
                 sig = source_file_signature(src)
             extra: dict[str, Any] = {"source_signature": sig, "source_format": kind}
             if pixel_size_um is not None:
-                size_um, extra["pixel_size_from"] = float(pixel_size_um), "given"
-            elif size_from_file is not None:
-                size_um, extra["pixel_size_from"] = float(size_from_file), origin
+                size_um, origin = float(pixel_size_um), "given"
+                if size.um is not None or size.dpi is not None:
+                    extra["file_pixel_size"] = {"um": size.um, "source": size.source, "dpi": size.dpi}
+            elif size.um is not None:
+                size_um, origin = float(size.um), size.source
             else:
-                size_um, extra["pixel_size_from"] = DEFAULT_PIXEL_SIZE_UM, "default"
+                size_um, origin = DEFAULT_PIXEL_SIZE_UM, "default"
                 extra["pixel_size_note"] = f"the source gives no pixel size; {DEFAULT_PIXEL_SIZE_UM} um assumed"
-            write_mosaic_array(ps, image, pixel_size_um=size_um, source=str(src.resolve()), chunk=chunk,
-                               progress=progress, **extra)
+            # pixel_size_from: the name stores written before pixel_size_source used
+            extra["pixel_size_source"] = extra["pixel_size_from"] = origin
+            try:
+                write_mosaic_array(ps, image, pixel_size_um=size_um, source=str(src.resolve()), chunk=chunk,
+                                   progress=progress, source_levels=levels, **extra)
+            except (NightwatchError, Cancelled):
+                raise
+            except Exception as exc:
+                # the header read fine but the pixels do not decode (a truncated TIFF, a damaged tile):
+                # whatever the decoder's exception class, the user's file is at fault, so say which
+                raise NightwatchError(
+                    f"{src} could not be read to the end ({type(exc).__name__}: {exc}); the file looks truncated "
+                    "or damaged, and nothing was imported."
+                ) from exc
             return ps
         except BaseException:
             if created:
@@ -344,18 +410,94 @@ def import_mosaic(
             closer.close()
 
 
-def default_xrf_affine(store: PaintingStore, xrf_pixel_size_um: float) -> np.ndarray:
+def _pixel_sizes(pixel_size_um, what: str) -> tuple[float, float]:
+    """``(height, width)`` in micrometres from one size or a pair, refused unless positive."""
+    pair = pixel_size_um if isinstance(pixel_size_um, (tuple, list, np.ndarray)) else (pixel_size_um, pixel_size_um)
+    try:
+        py, px = (float(v) for v in pair)
+    except (TypeError, ValueError):
+        raise NightwatchError(f"pixel_size_um={pixel_size_um!r} for {what} must be a positive number of micrometres "
+                              "or a (height, width) pair.") from None
+    if not (np.isfinite(py) and np.isfinite(px) and py > 0 and px > 0):
+        raise NightwatchError(f"pixel_size_um={pixel_size_um!r} for {what} must be a positive number of micrometres.")
+    return py, px
+
+
+def default_xrf_affine(store: PaintingStore, xrf_pixel_size_um) -> np.ndarray:
     """XRF pixel -> level-0 mosaic pixel affine that is the identity in micrometres.
 
     Pixel centres sit at integer coordinates in both grids, so XRF pixel ``i`` (footprint
     ``[i, i+1) * xrf_px`` um) maps to mosaic coordinate ``(i + 0.5) * r - 0.5`` with
-    ``r = xrf_px / mosaic_px``. Without a mosaic, the identity.
+    ``r = xrf_px / mosaic_px``. ``xrf_pixel_size_um`` is one size or a ``(height, width)``
+    pair (anisotropic pixels). Without a mosaic, the identity.
     """
     if not store.has_mosaic:
         return np.eye(3)
-    r = float(xrf_pixel_size_um) / store.mosaic_pixel_size_um
-    t = (r - 1.0) / 2.0
-    return np.array([[r, 0.0, t], [0.0, r, t], [0.0, 0.0, 1.0]])
+    py, px = _pixel_sizes(xrf_pixel_size_um, "the XRF pixel")
+    ry, rx = py / store.mosaic_pixel_size_um, px / store.mosaic_pixel_size_um
+    return np.array([[ry, 0.0, (ry - 1.0) / 2.0], [0.0, rx, (rx - 1.0) / 2.0], [0.0, 0.0, 1.0]])
+
+
+def xrf_affine_um(affine_px: np.ndarray, mosaic_pixel_size_um: float | None, xrf_pixel_yx_um: tuple[float, float]) -> np.ndarray:
+    """XRF pixel -> micrometres: through the mosaic where there is one, else the XRF pixel size alone."""
+    if mosaic_pixel_size_um is None:
+        return np.diag([xrf_pixel_yx_um[0], xrf_pixel_yx_um[1], 1.0])
+    return micrometre_affine(as_affine(affine_px), mosaic_pixel_size_um)
+
+
+def _write_xrf_grid_placement(group, affine_um: np.ndarray, shape: tuple[int, int]) -> dict[str, Any]:
+    """Set an XRF-grid image's NGFF scale + translation from its affine; record the full affine beside it.
+
+    The NGFF multiscales keep their axes, names and leading (channel) scale entries; only the
+    y/x scale and translation of each dataset change. ``attrs["nightwatch"]["placement"]``
+    keeps the full affine and, where NGFF 0.5 cannot express a rotation or shear, says so.
+    """
+    placement = placement_from_affine(affine_um, shape)
+    attrs = dict(group.attrs)
+    ome = dict(attrs["ome"])
+    ms = dict(ome["multiscales"][0])
+    n_lead = len(ms["axes"]) - 2
+    datasets = []
+    for d in ms["datasets"]:
+        old = {t["type"]: t for t in d.get("coordinateTransformations", [])}
+        lead = list(old.get("scale", {}).get("scale", [1.0] * len(ms["axes"])))[:n_lead]
+        datasets.append({**d, "coordinateTransformations": [
+            {"type": "scale", "scale": [float(v) for v in lead] + placement["scale"]},
+            {"type": "translation", "translation": [0.0] * n_lead + placement["translation"]},
+        ]})
+    ms["datasets"] = datasets
+    ome["multiscales"] = [ms]
+    record = {"affine_um": placement["affine_um"], "ngff_exact": placement["exact"],
+              "max_error_um": placement["max_error_um"], "note": placement_note(placement)}
+    nw = dict(attrs.get("nightwatch") or {})
+    nw["placement"] = record
+    group.attrs.update({"ome": ome, "nightwatch": jsonable(nw)})
+    return record
+
+
+def sync_xrf_placement(store: PaintingStore) -> dict[str, dict[str, Any]]:
+    """Rewrite the NGFF placement of every image on the XRF pixel grid from the store's XRF affine.
+
+    Call after the XRF->mosaic affine changes (registration) or after writing ``xrf_maps``, so
+    that other NGFF viewers show ``xrf/total`` and the element maps where they belong.
+
+    Returns
+    -------
+    dict
+        ``{image path: placement record}`` for each image rewritten.
+    """
+    store.require_writable()
+    if not store.has_xrf:
+        return {}
+    info = store.xrf_info
+    yx = tuple(info.get("pixel_size_yx_um") or (info["pixel_size_um"], info["pixel_size_um"]))
+    aff_um = xrf_affine_um(store.xrf_affine, store.mosaic_pixel_size_um if store.has_mosaic else None, yx)
+    shape = store.xrf_shape
+    out = {}
+    for path in (layout.XRF_TOTAL, layout.XRF_MAPS):
+        if store.has(path) and "ome" in dict(store.root[path].attrs):
+            out[path] = _write_xrf_grid_placement(store.root[path], aff_um, shape)
+    return out
 
 
 def write_xrf_cube(
@@ -363,7 +505,7 @@ def write_xrf_cube(
     cube,
     *,
     calibration: EnergyCalibration,
-    pixel_size_um: float,
+    pixel_size_um: float | tuple[float, float],
     source: str,
     affine=None,
     progress: ProgressCallback | None = None,
@@ -381,7 +523,9 @@ def write_xrf_cube(
     calibration
         Energy calibration of the last axis (keV).
     pixel_size_um
-        XRF pixel size in micrometres.
+        XRF pixel size in micrometres, or ``(height, width)`` for anisotropic pixels (both
+        kept: ``pixel_size_yx_um`` and the default affine; ``pixel_size_um`` is then their
+        geometric mean, the side of a square pixel of the same area).
     source
         What the cube came from, recorded as provenance.
     affine
@@ -413,10 +557,10 @@ def write_xrf_cube(
     dtype = np.dtype(cube.dtype)
     if dtype.kind not in "uif":
         raise NightwatchError(f"The MA-XRF cube from {source} has type {dtype}; expected integer or float counts.")
-    if not (pixel_size_um and np.isfinite(pixel_size_um) and pixel_size_um > 0):
-        raise NightwatchError(f"pixel_size_um={pixel_size_um!r} for {source} must be a positive number of micrometres.")
+    pys = _pixel_sizes(pixel_size_um, str(source))
     check_energy_axis(ne, calibration, f"The MA-XRF cube from {source}")
-    aff = default_xrf_affine(store, pixel_size_um) if affine is None else as_affine(affine)
+    aff = default_xrf_affine(store, pys) if affine is None else as_affine(affine)
+    aff_um = xrf_affine_um(aff, store.mosaic_pixel_size_um if store.has_mosaic else None, pys)
 
     cy, cx, _ = cube_chunks((ny, nx, ne), dtype.itemsize)
     gy, gx = math.ceil(ny / cy), math.ceil(nx / cx)
@@ -457,16 +601,19 @@ def write_xrf_cube(
             tot[y0:y1, :] = row_total
         g.create_array("sum_spectrum", shape=(ne,), dtype=np.float64, chunks=(ne,), dimension_names=("energy",))[...] = sum_spec
         g.create_array("max_spectrum", shape=(ne,), dtype=np.float64, chunks=(ne,), dimension_names=("energy",))[...] = max_spec
-        write_image_metadata(tg, "yx", [[pixel_size_um, pixel_size_um]], name="xrf total counts")
+        write_image_metadata(tg, "yx", [list(pys)], name="xrf total counts", translation=[0.0, 0.0])
+        _write_xrf_grid_placement(tg, aff_um, (ny, nx))
         attrs: dict[str, Any] = {
             "kind": "cube",
             "shape": [ny, nx, ne],
             "dtype": dtype.name,
             "calibration": calibration.to_dict(),
-            "pixel_size_um": float(pixel_size_um),
+            "pixel_size_um": pys[1] if pys[0] == pys[1] else float(math.sqrt(pys[0] * pys[1])),
             "affine": aff.tolist(),
             "source": str(source),
         }
+        if pys[0] != pys[1]:
+            attrs["pixel_size_yx_um"] = [pys[0], pys[1]]
         attrs.update(extra_attrs)
         g.attrs["nightwatch"] = jsonable(attrs)
         made_from.update(
@@ -528,7 +675,16 @@ def import_xrf(
     if px is None:
         raise NightwatchError(f"{src} does not say its pixel size; give it in micrometres (pixel_size_um=..., CLI: --pixel-size-um).")
     check_energy_axis(int(cube.data.shape[-1]), calib, f"{src}")
+    note = None
+    if pixel_size_um is None and cube.anisotropic:
+        # both sizes are kept (affine, NGFF scale, pixel_size_yx_um); say so, as squaring them would misplace the map
+        px = cube.pixel_size_yx_um
+        note = (f"{src.name} has pixels {px[0]:.6g} um tall and {px[1]:.6g} um wide; both are kept, so the map keeps "
+                "its aspect (pixel_size_um holds their geometric mean).")
+        warnings.warn(note, stacklevel=2)
     extra = {k: v for k, v in cube.metadata.items() if k in ("live_time_s", "real_time_s", "excitation_kev", "format", "dataset")}
+    if note:
+        extra["pixel_size_note"] = note
     extra["source_signature"] = source_file_signature(src)
     extra["calibration_from"] = "given" if calibration is not None else "file"
     extra["pixel_size_from"] = "given" if pixel_size_um is not None else "file"
@@ -537,7 +693,7 @@ def import_xrf(
     created = not isinstance(store, PaintingStore) and not Path(store).exists()
     ps = open_or_create(store)
     try:
-        write_xrf_cube(ps, cube.data, calibration=calib, pixel_size_um=float(px), source=str(src.resolve()), affine=affine,
+        write_xrf_cube(ps, cube.data, calibration=calib, pixel_size_um=px, source=str(src.resolve()), affine=affine,
                        progress=progress, **extra)
     except BaseException:
         if created:
@@ -641,11 +797,14 @@ def import_element_maps(
         )
         arr[...] = stack
         tg = g.require_group("total")
-        tot = tg.create_array("0", shape=(ny, nx), dtype=np.float64, chunks=(min(ny, 1024), min(nx, 1024)))
+        tot = tg.create_array("0", shape=(ny, nx), dtype=np.float64, chunks=(min(ny, 1024), min(nx, 1024)),
+                              dimension_names=("y", "x"))
         # "total" for viewers and registration: the sum of the maps scaled to a common range
         scale = np.nanpercentile(stack.reshape(len(names), -1), 99, axis=1)
         tot[...] = np.nansum(stack / np.maximum(scale, 1e-12)[:, None, None], axis=0)
-        write_image_metadata(tg, "yx", [[px, px]], name="xrf element maps (sum)")
+        write_image_metadata(tg, "yx", [[px, px]], name="xrf element maps (sum)", translation=[0.0, 0.0])
+        _write_xrf_grid_placement(tg, xrf_affine_um(aff, store.mosaic_pixel_size_um if store.has_mosaic else None, (px, px)),
+                                  (ny, nx))
         g.attrs["nightwatch"] = jsonable(
             {
                 "kind": "maps",

@@ -245,16 +245,39 @@ def make_grid(
             raise NightwatchError(f"mask has {keep_given.shape} entries; grid {grid.grid_id} has {grid.n_tiles} tiles.")
     gid = grid.grid_id
     path = layout.grid(gid)
+    from .sources import changed_reference
+
+    changed = changed_reference(store)
+    if changed:
+        raise NightwatchError(
+            f"The mosaic of {store.path} is stale: {changed}; import it again (nightwatch import-mosaic) before "
+            "tiling or embedding."
+        )
     if store.has(path) and store.is_complete(path):
         meta = store.node_attrs(path)
-        if meta.get("grid") == grid.to_attrs() and meta.get("mask") == jsonable(mask_attrs):
+        stale = store.stale_parts().get(path)  # the mosaic was re-imported since: its mask is not this mosaic's
+        same = meta.get("grid") == grid.to_attrs() and meta.get("mask") == jsonable(mask_attrs)
+        if same and stale is None:
             return load_grid(store, gid)
-        if store.has(f"{path}/embeddings") and any(True for _ in store.root[f"{path}/embeddings"].groups()) and not overwrite:
-            raise NightwatchError(
-                f"Grid {gid} of {store.path} already has embeddings made with a different mask "
-                f"({meta.get('mask', {}).get('rule')}); pass overwrite=True (--overwrite) to replace it."
-            )
+        has_embeddings = store.has(f"{path}/embeddings") and any(True for _ in store.root[f"{path}/embeddings"].groups())
+        if has_embeddings and not overwrite:
+            why = f"is stale ({stale})" if stale else (
+                f"already has embeddings made with a different mask ({meta.get('mask', {}).get('rule')})")
+            raise NightwatchError(f"Grid {gid} of {store.path} {why}; pass overwrite=True (--overwrite) to replace it.")
     store.require_writable()
+    # a grid takes seconds: a second job making the same grid waits for the first instead of racing it
+    with store.job(path, "making tile grid " + gid, wait=120.0):
+        if store.has(path) and store.is_complete(path) and store.stale_parts().get(path) is None:
+            meta = store.node_attrs(path)
+            if meta.get("grid") == grid.to_attrs() and meta.get("mask") == jsonable(mask_attrs):
+                return load_grid(store, gid)  # the other job made exactly this grid meanwhile
+        return _write_grid(store, grid, path, kind, keep_given if kind == "given" else None, mask_attrs,
+                           float(min_std), int(min_px), progress)
+
+
+def _write_grid(store: PaintingStore, grid: TileGrid, path: str, kind: str, keep_given: np.ndarray | None,
+                mask_attrs: dict, min_std: float, min_px: int, progress: ProgressCallback | None) -> TileGrid:
+    """Compute a grid's keep-mask and write the grid (under its job lock)."""
     if kind == "auto":
         keep = _auto_mask(store, grid, float(min_std), int(min_px), progress)
     elif kind == "none":
@@ -313,6 +336,66 @@ def load_grid(store: PaintingStore, grid_id: str | None = None) -> TileGrid:
     meta = store.node_attrs(path)
     keep = np.asarray(store.root[f"{path}/keep"][...], dtype=bool)
     return TileGrid.from_attrs(meta["grid"], keep=keep)
+
+
+def tile_mean_colour(
+    store: PaintingStore, grid: TileGrid, *, min_px: int = 8, progress: ProgressCallback | None = None
+) -> np.ndarray:
+    """Mean colour of every tile of a grid, read from a coarse pyramid level.
+
+    The level is the coarsest (never finer than the grid's) on which a tile still spans
+    ``min_px`` pixels: a tile's mean colour barely changes with resolution, and the
+    Night Watch's level 0 would be read for nothing. Sums are taken with the same
+    separable running sums as the background mask (one pass over the level, exact for
+    integer pixels).
+
+    Parameters
+    ----------
+    store
+        The painting store.
+    grid
+        The tile grid.
+    min_px
+        Tile edge, in pixels of the level read, below which a finer level is used.
+    progress
+        ``progress(done, total, "tile colour")``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_tiles, 3)`` float64 mean R, G, B in [0, 1] (grey images repeat their one
+        channel); NaN for a tile with no pixels.
+    """
+    k = _mask_level(store, grid, min_px)
+    arr = store.mosaic_levels()[k]
+    d = store.mosaic_downsamples[k]
+    dtype = np.dtype(arr.dtype)
+    top = float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
+    hk, wk, n_ch = (int(v) for v in arr.shape)
+    n_colour = n_ch - 1 if n_ch in (2, 4) else n_ch
+    acc = np.int64 if dtype.kind in "ui" else np.float64
+    ty0, ty1 = _tile_spans(grid.n_rows, grid.stride, grid.tile, grid.downsample, d, hk)
+    tx0, tx1 = _tile_spans(grid.n_cols, grid.stride, grid.tile, grid.downsample, d, wk)
+    x_end = int(tx1.max())
+    budget_rows = max(1, MASK_BLOCK_VALUES // max(1, x_end * n_ch))
+    out = np.full((grid.n_tiles, 3), np.nan, np.float64)
+    r0 = 0
+    while r0 < grid.n_rows:
+        r1 = r0 + 1
+        while r1 < grid.n_rows and ty1[r1] - ty0[r0] <= budget_rows:
+            r1 += 1
+        ya, yb = int(ty0[r0]), int(ty1[r0:r1].max())
+        band = np.asarray(arr[ya:yb, :x_end, :n_colour].compute(scheduler="synchronous"))
+        sums = _box_sums(band, (ty0[r0:r1] - ya, ty1[r0:r1] - ya), (tx0, tx1), acc).astype(np.float64)
+        n = ((ty1[r0:r1] - ty0[r0:r1])[:, None] * (tx1 - tx0)[None, :]).astype(np.float64)[..., None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = sums / n / top
+        if n_colour == 1:
+            mean = np.repeat(mean, 3, axis=-1)
+        out[r0 * grid.n_cols : r1 * grid.n_cols] = mean[..., :3].reshape(-1, 3)
+        report(progress, r1, grid.n_rows, "tile colour")
+        r0 = r1
+    return out
 
 
 # -------------------------------------------------------------------------- signatures

@@ -314,6 +314,44 @@ def calibration_residuals_ev(
     return out
 
 
+def check_axis_covers_lines(
+    calibration: EnergyCalibration,
+    n_channels: int,
+    families: Sequence[LineFamily] | None = None,
+    excitation_kev: float = 50.0,
+    what: str = "the spectrum",
+) -> None:
+    """Refuse a calibration whose energy axis holds none of the lines to be fitted.
+
+    The physical bound on a calibration: whatever its offset (Bruker detectors put
+    channel 0 at -1.9 keV), the axis ``E(0)..E(n-1)`` must reach the main line of at
+    least one family to be fitted, or, with ``families=None``, at least one XRF line
+    between Na K-alpha (1.04 keV) and the excitation energy.
+
+    Raises
+    ------
+    NightwatchError
+        One sentence naming the axis and what it should cover.
+    """
+    lo, hi = calibration.range_kev(int(n_channels))
+    if families:
+        mains = [f.main_energy_kev for f in families]
+        if not any(lo <= m <= hi for m in mains):
+            names = ", ".join(f.name for f in families)
+            raise NightwatchError(
+                f"The energy calibration of {what} puts its {n_channels} channels at {lo:.2f}-{hi:.2f} keV, "
+                f"which holds no main line of {names}; check the calibration (offset, gain, keV not eV)."
+            )
+        return
+    na_ka = 1.04
+    if hi < na_ka or lo > float(excitation_kev):
+        raise NightwatchError(
+            f"The energy calibration of {what} puts its {n_channels} channels at {lo:.2f}-{hi:.2f} keV, "
+            f"which holds no XRF line between {na_ka} keV and the {excitation_kev} keV excitation; "
+            "check the calibration (offset, gain, keV not eV)."
+        )
+
+
 def estimate_detector(
     energies_kev: np.ndarray,
     spectrum: np.ndarray,

@@ -26,12 +26,33 @@ from .background import snip, snip_width_channels
 from .fit import bspline_basis
 from .lines import LineFamily, line_families
 from .model import RH_K_KEV, Detector, continuum, gaussian_peaks, pileup_template, scatter_templates
+from .refine import SPLINE_SPACING_KEV
 
 #: confidence at and above which a family is reported as present
 PRESENT_CONFIDENCE = 0.5
 #: left out of the default candidates: no stable isotope (never in a painting in
 #: detectable amounts) or noble gases other than the argon of air
 EXCLUDED_ELEMENTS = frozenset({"Tc", "Pm", "Po", "At", "Rn", "Fr", "Ra", "Ac", "Pa", "Kr", "Xe"})
+#: lines an MA-XRF instrument itself puts into spectra, by where they come from: pass the
+#: ones of your scanner as ``instrument=`` (the default is the Rh tube anode only, since a
+#: collimator's Fe or Ni is also a pigment element elsewhere)
+INSTRUMENT_LINES: dict[str, tuple[str, ...]] = {
+    "anode Rh": ("Rh-K", "Rh-L"),
+    "anode W": ("W-L", "W-M"),
+    "anode Mo": ("Mo-K", "Mo-L"),
+    "anode Ag": ("Ag-K", "Ag-L"),
+    "anode Cr": ("Cr-K",),
+    "collimator/shield": ("Ni-K", "Zr-K", "Zr-L", "Ag-K", "Ag-L", "Cu-K", "Fe-K", "Pb-L", "W-L"),
+    "detector": ("Zr-K", "Zr-L", "Al-K", "Si-K"),
+}
+DEFAULT_INSTRUMENT = INSTRUMENT_LINES["anode Rh"]
+#: how far (in FWHM) the signal a family explains may peak from its main line: calibration
+#: after refinement is good to a few eV (< 0.05 FWHM) and noise moves a >= 10 sigma peak's
+#: centre by < 0.1 FWHM, so 0.3 FWHM leaves room for blends that are not exactly tabulated
+MAX_MAIN_OFFSET_FWHM = 0.3
+#: chi-square drop a family's own line pattern must bring, beyond the families already
+#: kept, to be proposed (an information criterion: 25 = the drop of a lone 5-sigma peak)
+IC_PENALTY = 25.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +63,10 @@ class Identification:
     ----------
     name
         Family name, e.g. ``"Pb-L"``.
+    origin
+        ``"sample"``, ``"instrument"`` (a line of the tube/collimator/detector: fitted
+        as a nuisance, never proposed as a pigment element) or ``"included"`` (asked for
+        by the user).
     confidence
         0..1; families at or above :data:`PRESENT_CONFIDENCE` are proposed as present.
     area
@@ -64,10 +89,17 @@ class Identification:
     secondary_ratio: float
     main_energy_kev: float
     reason: str = ""
+    origin: str = "sample"
 
     @property
     def present(self) -> bool:
-        return self.confidence >= PRESENT_CONFIDENCE
+        """Proposed as a sample family: included by the user, or confident and not an instrument line."""
+        return self.origin == "included" or (self.confidence >= PRESENT_CONFIDENCE and self.origin == "sample")
+
+    @property
+    def instrument(self) -> bool:
+        """Confidently seen, but a line of the instrument (tube anode, collimator, detector)."""
+        return self.confidence >= PRESENT_CONFIDENCE and self.origin == "instrument"
 
     def to_dict(self) -> dict:
         return {
@@ -78,6 +110,7 @@ class Identification:
             "secondary_ratio": None if not np.isfinite(self.secondary_ratio) else float(self.secondary_ratio),
             "main_energy_kev": float(self.main_energy_kev),
             "reason": self.reason,
+            "origin": self.origin,
         }
 
 
@@ -120,6 +153,10 @@ def identify_elements(
     candidates: Sequence[LineFamily] | None = None,
     min_kev: float = 0.9,
     tube_kev: float | Sequence[float] | None = RH_K_KEV,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    instrument: Sequence[str] = DEFAULT_INSTRUMENT,
+    flexible: Sequence[str] = (),
 ) -> list[Identification]:
     """Propose the line families present in a sum spectrum, each with a confidence.
 
@@ -144,6 +181,18 @@ def identify_elements(
         Lowest line energy considered (keV).
     tube_kev
         Tube line energies, fitted as scatter nuisance peaks.
+    include
+        Families (``"Pb-L"``) always proposed (origin ``"included"``), whatever the spectrum says.
+    exclude
+        Families (``"Ar-K"``) or elements (``"Ar"``) never considered.
+    instrument
+        Families the instrument itself produces (see :data:`INSTRUMENT_LINES`): still
+        fitted, so they explain their counts, but tagged ``origin="instrument"`` and not
+        proposed as sample elements.
+    flexible
+        Families already accepted (e.g. refined on the sum spectrum): each of their line
+        groups gets a free non-negative term too, so a change of their line ratios
+        cannot pass for another family.
 
     Returns
     -------
@@ -154,11 +203,12 @@ def identify_elements(
     det = detector or Detector()
     e = np.asarray(energies_kev, dtype=np.float64)
     y = _check_spectrum(spectrum, e, "spectrum")
-    result = _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev)
+    candidates = _filter_candidates(candidates, exclude, excitation_kev, min_kev, e)
+    result = _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flexible)
     if max_spectrum is not None:
         ym = _check_spectrum(max_spectrum, e, "max_spectrum")
         found = {r.name: r for r in result}
-        for r in _identify_one(e, ym, det, excitation_kev, candidates, min_kev, tube_kev):
+        for r in _identify_one(e, ym, det, excitation_kev, candidates, min_kev, tube_kev, flexible):
             old = found.get(r.name)
             if r.present and (old is None or r.confidence > old.confidence):
                 found[r.name] = Identification(
@@ -166,7 +216,92 @@ def identify_elements(
                     r.reason + " (max spectrum)",
                 )
         result = sorted(found.values(), key=lambda r: -r.confidence)
-    return result
+    return tag_origins(result, include=include, instrument=instrument, excitation_kev=excitation_kev)
+
+
+def _family_key(name: str, excitation_kev: float) -> str:
+    """``"fe-k"`` -> ``"Fe-K"`` (checked; an instrument family need not be excitable here)."""
+    from .lines import _NAME, _normalise_element
+
+    m = _NAME.match(str(name))
+    if not m:
+        raise NightwatchError(f"Line family {name!r} is not of the form <element>-<K|L|M>, e.g. 'Pb-L'.")
+    return f"{_normalise_element(m.group(1))}-{m.group(2).upper()}"
+
+
+def _filter_candidates(candidates, exclude, excitation_kev, min_kev, e):
+    """The candidate families without the excluded ones (names or whole elements)."""
+    if not exclude:
+        return candidates
+    from .lines import _normalise_element
+
+    drop_fam, drop_el = set(), set()
+    for item in exclude:
+        if "-" in str(item):
+            drop_fam.add(_family_key(str(item), excitation_kev))
+        else:
+            drop_el.add(_normalise_element(str(item)))
+    if candidates is None:
+        lo_e = max(float(e[0]), min_kev - 0.2)
+        hi_e = min(float(e[-1]), float(excitation_kev))
+        candidates = line_families(None, excitation_kev=excitation_kev, min_kev=max(min_kev, lo_e + 0.1),
+                                   max_kev=hi_e - 0.1)
+        candidates = [f for f in candidates if f.element not in EXCLUDED_ELEMENTS]
+    return [f for f in candidates if f.name not in drop_fam and f.element not in drop_el]
+
+
+def tag_origins(
+    identifications: Sequence[Identification],
+    *,
+    include: Sequence[str] = (),
+    instrument: Sequence[str] = DEFAULT_INSTRUMENT,
+    excitation_kev: float = 50.0,
+) -> list[Identification]:
+    """Mark instrument lines and user-included families on an identification list.
+
+    Parameters
+    ----------
+    identifications
+        From :func:`identify_elements` / :func:`identify_cube`.
+    include
+        Families always proposed (origin ``"included"``; added with confidence 0 if the
+        spectrum did not show them).
+    instrument
+        Families tagged ``"instrument"`` (unless also included).
+    excitation_kev
+        For resolving the names.
+
+    Returns
+    -------
+    list of Identification
+        By decreasing confidence.
+    """
+    from dataclasses import replace
+
+    inc = {_family_key(n, excitation_kev) for n in include}
+    ins = {_family_key(n, excitation_kev) for n in instrument} - inc
+    out = []
+    seen = set()
+    for r in identifications:
+        seen.add(r.name)
+        if r.name in inc:
+            r = replace(r, origin="included", reason=(r.reason + "; included by the user").lstrip("; "))
+        elif r.name in ins:
+            r = replace(r, origin="instrument", reason=(r.reason + "; instrument line").lstrip("; "))
+        out.append(r)
+    from .lines import get_family
+
+    for name in sorted(inc - seen):
+        f = get_family(name, excitation_kev)
+        out.append(Identification(name, 0.0, 0.0, 0.0, float("nan"), f.main_energy_kev, "included by the user",
+                                  "included"))
+    return sorted(out, key=lambda r: -r.confidence)
+
+
+def instrument_families(identifications: Sequence[Identification]) -> list[str]:
+    """Names of the confidently seen instrument families (fit them as nuisance terms)."""
+    chosen = [r for r in identifications if r.instrument]
+    return [r.name for r in sorted(chosen, key=lambda r: r.main_energy_kev)]
 
 
 def present_families(identifications: Sequence[Identification]) -> list[str]:
@@ -194,7 +329,7 @@ def _confidence(z: float) -> float:
     return float(1.0 - np.exp(-max(z - 3.0, 0.0) / 10.1))
 
 
-def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev) -> list[Identification]:
+def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flexible=()) -> list[Identification]:
     lo_e = max(float(e[0]), min_kev - 0.2)
     hi_e = min(float(e[-1]), float(excitation_kev))
     if candidates is None:
@@ -228,7 +363,11 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev) -> l
     cont = continuum(e, excitation_kev)[lo:hi]
     if cont.sum() > 1e-6:
         nuis.append(cont / cont.sum())
-    n_spline = int(np.clip((hi_e - lo_e) / 1.0, 6, 32))
+    # knots every 0.5 keV, as in the sum-spectrum refinement: the continuum bends fast
+    # below 4 keV (window, air, detector efficiency) and steps at absorption edges, and a
+    # coarser background leaves bumps that pass for families; a peak (FWHM <= 0.25 keV)
+    # is still far narrower than any spline
+    n_spline = int(np.clip((hi_e - lo_e) / SPLINE_SPACING_KEV, 6, 80))
     basis = bspline_basis(e[lo:hi], n_spline)
     nuis.extend(basis[:, i] / basis[:, i].sum() for i in range(basis.shape[1]))
     a = np.concatenate([a_fam, np.stack(nuis, axis=1)], axis=1)
@@ -244,6 +383,48 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev) -> l
             t = pileup_template(fams[ti], fams[tj], e, det)[lo:hi]
             if t.sum() > 0.3:
                 pile.append(t)
+    # escape peaks: a real detector's escape fraction differs from Reed-Ware's (geometry,
+    # thickness), so the strongest families get a free escape term of their own; their
+    # escape (Cr-K at 3.67 keV, Fe-K at 4.66 keV) is explained before any element is
+    top5 = [int(i) for i in np.argsort(-x[: len(fams)])[:5] if x[i] > 0]
+    for ti in top5:
+        f = fams[ti]
+        ec = np.asarray(f.energies_kev) - det.escape_kev
+        ok = ec > 0.3
+        if ok.any():
+            t = gaussian_peaks(e, ec[ok], np.asarray(f.intensities)[ok], det.sigma_kev(ec[ok]))[lo:hi]
+            if t.sum() > 1e-3:
+                pile.append(t / t.sum())
+    # accepted families (``flexible``) also get one free non-negative term per line group
+    # (K-alpha, K-beta, each L/M subshell): thick paint changes their ratios from pixel to
+    # pixel, so a partial sum or the max spectrum has other ratios than the sum spectrum
+    # they were refined on, and the difference must not pass for another element
+    group_cols, group_owner = [], []
+    if flexible:
+        from dataclasses import replace as _replace
+
+        from .refine import line_groups
+
+        no_escape = _replace(det, escape=False)
+
+        for fi, f in enumerate(fams):
+            if f.name not in flexible:
+                continue
+            groups = np.array(line_groups(f))
+            if f.family == "L":
+                # every L line on its own: self-absorption above the L3/L2 edges changes
+                # L-gamma against L-beta inside one subshell group (Pb, Hg in thick paint)
+                groups = np.array([f"{g}{i}" for i, g in enumerate(groups)])
+            for g in sorted(set(groups.tolist())):
+                sel = groups == g
+                if np.asarray(f.intensities)[sel].sum() < 0.01:
+                    continue
+                # without their escape peaks: a free line's escape would be free counts 1.74 keV
+                # lower, where it could take a real family's place (P-K under Sn-L's escape)
+                t = _template_parts(f, e, no_escape, sel)[lo:hi]
+                if t.sum() > 1e-3:
+                    group_cols.append(t / t.sum())
+                    group_owner.append(fi)
     if pile:
         a = np.concatenate([a, np.stack(pile, axis=1)], axis=1)
         x = _weighted_nnls(a, netr, w)
@@ -262,6 +443,7 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev) -> l
     found_l: set[str] = set()
     pending_m: list[tuple[LineFamily, Identification]] = []
     area_by_name = {fams[j].name: x[j] for j in active}
+    pre: list[list] = []
     for idx, j in enumerate(active):
         fam = fams[j]
         area = float(x[j])
@@ -274,6 +456,7 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev) -> l
         conf = _confidence(z)
         reason = f"{z:.1f} sigma"
         ratio = np.nan
+        cap = 1.0
         if conf > 0.05:
             ratio, detectable = _secondary_check(fam, e[lo:hi], netr, w, a, x, j, lo, det, e)
             if detectable and np.isfinite(ratio):
@@ -282,6 +465,60 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev) -> l
                     reason += f"; secondary lines at {ratio:.2f} of expected"
                 else:
                     reason += f"; secondary lines consistent ({ratio:.2f})"
+        if conf > 0.05:
+            # the signal this family explains must peak where its main line is, with the
+            # detector's width: a misfit of a neighbour's line shape or an absorption edge
+            # of the continuum lies beside it
+            own = netr - model + a[:, j] * x[j]
+            off = _main_line_offset(fam, e[lo:hi], own, w, det)
+            if off is not None and off > MAX_MAIN_OFFSET_FWHM:
+                cap = 0.2
+                conf = min(conf, cap)
+                reason += f"; its main-line signal peaks {off:.2f} FWHM away from {fam.main_energy_kev:.3f} keV"
+        pre.append([j, conf, area, z, ratio, reason, cap])
+    # information criterion, forward selection: the candidate whose own line pattern lowers
+    # chi-square most, beyond what the families kept so far (and the nuisance terms)
+    # explain, is kept next, as long as that drop exceeds the penalty; overlapping
+    # candidates (S-K and Mo-L at 2.3 keV) thus compete on how much each explains
+    nuis_idx = list(range(nf, a.shape[1]))
+    owner = np.full(a.shape[1], -1)
+    if group_cols:
+        # the accepted families' free line groups: nuisance terms of this test only (in the
+        # screening fit above they would take their own family's counts)
+        owner = np.concatenate([owner, np.asarray(group_owner)])
+        a = np.concatenate([a, np.stack(group_cols, axis=1)], axis=1)
+        nuis_idx = nuis_idx + list(range(a.shape[1] - len(group_cols), a.shape[1]))
+    # an L family whose element's K lines are excited and on the axis needs those K lines:
+    # K fluorescence yields are 10-20x the L ones there (Mo-L at 2.29 keV without Mo-K at
+    # 17.5 keV is S-K's line, not molybdenum). Such a family does not enter the selection.
+    seen_k = {fams[p[0]].element for p in pre if fams[p[0]].family == "K" and p[1] >= PRESENT_CONFIDENCE}
+    k_on_axis = {f.element for f in fams if f.family == "K"}
+    no_k = set()
+    for p in pre:
+        f = fams[p[0]]
+        if f.family == "L" and f.element in k_on_axis and f.element not in seen_k and p[1] > 0.05:
+            p[1] = min(p[1], 0.2)
+            p[5] += f"; {f.element}-K (excited, on the axis) not found"
+            no_k.add(p[0])
+    items = {p[0]: p for p in pre if p[1] > 0.05 and p[0] not in no_k}
+    gains = _forward_select(a, list(items), nuis_idx, owner, netr, w, e[lo:hi], det, fams)
+    for j, item in items.items():
+        gain, local = gains[j]
+        if gain > IC_PENALTY:
+            # the drop, in units of the misfit left over the family's own lines, is the
+            # likelihood-ratio significance of its pattern; where it is higher than the
+            # area's z above (diluted by every overlapping candidate of the screening fit),
+            # it sets the confidence; the secondary-line and main-line-position checks
+            # above keep scaling it down
+            z_ic = float(np.sqrt(gain / local))
+            item[1] = max(_confidence(z_ic), _confidence(item[3])) * min(1.0, item[1] / max(_confidence(item[3]), 1e-9))
+            item[1] = min(item[1], item[6])  # the main-line position check is a hard cap
+            item[5] += f"; lowers chi2 by {gain:.0f} ({z_ic:.1f} sigma over its lines)"
+        else:
+            item[1] = min(item[1], 0.2)
+            item[5] += f"; lowers chi2 by only {gain:.0f} (penalty {IC_PENALTY:.0f}) beyond the families kept"
+    for j, conf, area, z, ratio, reason, _cap in pre:
+        fam = fams[j]
         ident = Identification(fam.name, conf, area, z, ratio, fam.main_energy_kev, reason)
         if fam.family == "M":
             pending_m.append((fam, ident))
@@ -299,6 +536,93 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev) -> l
             )
         out.append(ident)
     return sorted(out, key=lambda r: -r.confidence)
+
+
+def _forward_select(a, cands, nuis_idx, owner, y, w, e, det, fams) -> dict[int, tuple[float, float]]:
+    """Greedy forward selection of family columns by chi-square drop (lazy evaluation).
+
+    Each candidate is judged over its own channels (where its template is above 0.1 % of
+    its peak, padded by 2 FWHM) with the columns that reach them, so one test is a small
+    fit. Returns ``{column: (chi2 drop when it was judged, reduced chi2 left over its lines)}``;
+    a candidate never kept has the drop it showed last.
+    """
+    import heapq
+
+    wins = {}
+    gain_step = float(np.median(np.diff(e)))
+    for j in cands:
+        col = a[:, j]
+        rows = np.flatnonzero(col > 1e-3 * col.max())
+        pad = int(2 * float(det.fwhm_kev(fams[j].main_energy_kev)) / gain_step) + 1
+        wins[j] = slice(max(rows[0] - pad, 0), min(rows[-1] + pad + 1, a.shape[0]))
+    reach = np.abs(a) > 1e-9
+
+    def judge(j, kept):
+        r = wins[j]
+        cols = [c for c in kept + [c for c in nuis_idx if owner[c] != j] if reach[r, c].any()]
+        yy, ww = y[r], w[r]
+        base, _ = _chi2_of(a[r], cols, yy, ww)
+        with_j, resid = _chi2_of(a[r], cols + [j], yy, ww)
+        own = a[r, j] > 0.01 * a[r, j].max()
+        local = max(float(np.mean(resid[own] ** 2 * ww[own])), 1.0) if own.any() else 1.0
+        return base - with_j, local
+
+    kept: list[int] = []
+    out: dict[int, tuple[float, float]] = {}
+    heap = [(-np.inf, j) for j in cands]
+    heapq.heapify(heap)
+    while heap:
+        _, j = heapq.heappop(heap)
+        g, local = judge(j, kept)
+        out[j] = (g, local)
+        if heap and g < -heap[0][0]:
+            heapq.heappush(heap, (-g, j))  # another candidate may explain more now: judge it first
+            continue
+        if g <= IC_PENALTY:
+            for _, k in heap:  # the best remaining drop is below the penalty: none is kept
+                out.setdefault(k, judge(k, kept))
+            break
+        kept.append(j)
+    return out
+
+
+def _chi2_of(a: np.ndarray, cols: list[int], y: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
+    """Weighted chi-square and residual of the non-negative fit of ``y`` with the columns ``cols`` of ``a``."""
+    x = _weighted_nnls(a[:, cols], y, w)
+    r = y - a[:, cols] @ x
+    return float(np.sum(r * r * w)), r
+
+
+def _main_line_offset(fam: LineFamily, e: np.ndarray, own: np.ndarray, w: np.ndarray, det: Detector) -> float | None:
+    """How far (in FWHM) the family's own line pattern must shift to best match the signal it explains.
+
+    ``own`` is the spectrum minus every other fitted term. The family's lines near its main
+    line (within 2 FWHM), with their intensities and the detector's widths, plus a straight
+    background, are fitted at trial shifts within +-1 FWHM; the best shift is returned, or
+    ``None`` when the window is too short to tell.
+    """
+    ec = np.asarray(fam.energies_kev)
+    wt = np.asarray(fam.intensities)
+    fwhm = float(det.fwhm_kev(fam.main_energy_kev))
+    near = np.abs(ec - fam.main_energy_kev) <= 2.0 * fwhm
+    win = np.abs(e - fam.main_energy_kev) <= 2.0 * fwhm
+    if win.sum() < 7:
+        return None
+    ew, yw, sw = e[win], own[win], np.sqrt(w[win])
+    sig = det.sigma_kev(ec[near])
+    best, best_shift = -np.inf, 0.0
+    for shift in fwhm * np.linspace(-1.0, 1.0, 41):
+        g = np.exp(-0.5 * ((ew[:, None] - ec[near][None] - shift) / sig[None]) ** 2) @ (wt[near] / sig)
+        a = np.stack([g, np.ones_like(ew), ew - fam.main_energy_kev], axis=1) * sw[:, None]
+        coef, *_ = np.linalg.lstsq(a, yw * sw, rcond=None)
+        if coef[0] <= 0:
+            continue
+        score = -float(np.sum((a @ coef - yw * sw) ** 2))
+        if score > best:
+            best, best_shift = score, shift
+    if not np.isfinite(best):
+        return float("inf")
+    return abs(best_shift) / fwhm
 
 
 def _secondary_check(fam, e_fit, netr, w, a, x, j, lo, det, e_full) -> tuple[float, bool]:
@@ -356,6 +680,11 @@ def identify_cube(
     excitation_kev: float = 50.0,
     n_split: int = 3,
     tube_kev: float | Sequence[float] | None = RH_K_KEV,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    instrument: Sequence[str] = DEFAULT_INSTRUMENT,
+    candidates: Sequence[LineFamily] | None = None,
+    flexible: Sequence[str] = (),
 ) -> list[Identification]:
     """Identify families in a cube: sum and max spectra, then partial sums.
 
@@ -378,6 +707,8 @@ def identify_cube(
         As for :func:`identify_elements`.
     n_split
         How many strong families to split the pixels by.
+    include, exclude, instrument, candidates, flexible
+        As for :func:`identify_elements`.
 
     Returns
     -------
@@ -393,12 +724,14 @@ def identify_cube(
         y = y[(y >= 0).all(axis=1)]
     total = y.sum(axis=0, dtype=np.float64) if sum_spectrum is None else np.asarray(sum_spectrum, np.float64)
     maxs = (y.max(axis=0) if y.shape[0] else None) if max_spectrum is None else max_spectrum
+    tags = {"include": include, "instrument": instrument, "candidates": candidates, "flexible": flexible}
     ids = identify_elements(energies_kev, total, max_spectrum=maxs, detector=det, excitation_kev=excitation_kev,
-                            tube_kev=tube_kev)
-    present = [r for r in ids if r.present]
+                            tube_kev=tube_kev, exclude=exclude, **tags)
+    present = [r for r in ids if r.present or r.instrument]
     if not present or y.shape[0] < 64 or n_split < 1:
         return ids
-    fams = [get_family(r.name, excitation_kev) for r in present]
+    by_name = {f.name: f for f in candidates or ()}
+    fams = [by_name.get(r.name) or get_family(r.name, excitation_kev) for r in present]
     model = build_fit_model(energies_kev, fams, detector=det, mean_spectrum=y.mean(axis=0, dtype=np.float64),
                             excitation_kev=excitation_kev, tube_kev=tube_kev)
     areas = fit_spectra(y, model).areas
@@ -408,11 +741,12 @@ def identify_cube(
         part = y[weak].sum(axis=0, dtype=np.float64)
         if weak.sum() < 16 or part.sum() <= 0:
             continue
-        for r in identify_elements(energies_kev, part, detector=det, excitation_kev=excitation_kev, tube_kev=tube_kev):
+        for r in identify_elements(energies_kev, part, detector=det, excitation_kev=excitation_kev, tube_kev=tube_kev,
+                                   exclude=exclude, **tags):
             old = found.get(r.name)
             if r.present and (old is None or not old.present):
                 found[r.name] = Identification(
                     r.name, r.confidence, r.area, r.significance, r.secondary_ratio, r.main_energy_kev,
-                    r.reason + f" (pixels with little {fams[k].name})",
+                    r.reason + f" (pixels with little {fams[k].name})", r.origin,
                 )
     return sorted(found.values(), key=lambda r: -r.confidence)

@@ -25,6 +25,13 @@ Z_MIN, Z_MAX = 11, 92
 _FAMILY_SHELLS = {"K": ("K",), "L": ("L1", "L2", "L3"), "M": ("M1", "M2", "M3", "M4", "M5")}
 # lines weaker than this fraction of their family are dropped: below any detection limit
 _MIN_REL_INTENSITY = 2e-3
+# M-zeta (M4-N2, M5-N3, about 1.8 keV for Pb) is missing from xraydb's line table. Its
+# share of the M4 and M5 subshell's radiative rate, from Scofield's rates as tabulated by
+# PyMca 5.9.7 (``Elements.Element[el]["M4N2"]["rate"]`` / all M4 lines) at these Z; below
+# Z = 64 the 4f shell is empty, M-alpha/M-beta do not exist and xraydb's own M lines hold.
+_MZETA_Z = (64.0, 70.0, 74.0, 78.0, 82.0, 92.0)
+_MZETA_M4 = (0.150, 0.149, 0.130, 0.122, 0.118, 0.116)
+_MZETA_M5 = (0.0995, 0.0932, 0.0749, 0.0677, 0.0624, 0.0562)
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,6 +56,9 @@ class LineFamily:
         Siegbahn names of the lines (``"La1"``, ``"Kb1"``, ...), same order.
     edge_kev
         Lowest absorption edge of the family (what the excitation must exceed).
+    initial_levels
+        Subshell each line starts from (``"L3"``, ``"M5"``, ``"K"``), same order; empty
+        for families built by hand.
     """
 
     name: str
@@ -59,6 +69,7 @@ class LineFamily:
     main_energy_kev: float
     line_names: tuple[str, ...] = ()
     edge_kev: float = 0.0
+    initial_levels: tuple[str, ...] = ()
 
     @property
     def z(self) -> int:
@@ -130,46 +141,60 @@ def _vacancy_shares(element: str, family: str, excitation_kev: float) -> dict[st
 
 
 @functools.lru_cache(maxsize=1024)
-def _raw_lines(element: str, family: str, excitation_kev: float) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], float]:
+def _raw_lines(
+    element: str, family: str, excitation_kev: float
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], float, tuple[str, ...]]:
     """Every line of a family with its absolute weight (the slow xraydb part, cached)."""
     import xraydb
 
     shares = _vacancy_shares(element, family, excitation_kev)
-    energies, weights, names = [], [], []
+    energies, weights, names, levels = [], [], [], []
     table = _tables()[0]
+    edges = xraydb.xray_edges(element) if shares else {}
+    z = float(xraydb.atomic_number(element))
     for shell, w_shell in shares.items():
-        for lname, energy_ev, intensity in table.get((element, shell), []):
+        rows = table.get((element, shell), [])
+        for lname, energy_ev, intensity in rows:
             w = w_shell * intensity
             if w > 0:
                 energies.append(energy_ev / 1000.0)
                 weights.append(w)
                 names.append(lname)
+                levels.append(shell)
+        if family == "M" and shell in ("M4", "M5") and z >= _MZETA_Z[0] and rows:
+            lower = "N2" if shell == "M4" else "N3"
+            share = float(np.interp(z, _MZETA_Z, _MZETA_M4 if shell == "M4" else _MZETA_M5))
+            total = w_shell * sum(r[2] for r in rows)
+            if lower in edges and total > 0:
+                energies.append((edges[shell].energy - edges[lower].energy) / 1000.0)
+                # xraydb's lines of the subshell are the other (1 - share) of its rate
+                weights.append(total * share / (1.0 - share))
+                names.append("Mz")
+                levels.append(shell)
     edge = 0.0
     if shares:
-        edges = xraydb.xray_edges(element)
         edge = min(edges[s].energy for s in shares) / 1000.0
-    return np.asarray(energies, float), np.asarray(weights, float), tuple(names), float(edge)
+    return np.asarray(energies, float), np.asarray(weights, float), tuple(names), float(edge), tuple(levels)
 
 
 @functools.lru_cache(maxsize=4096)
 def _build_family(element: str, family: str, excitation_kev: float, min_kev: float, max_kev: float) -> LineFamily | None:
-    e_all, w_all, names_all, edge = _raw_lines(element, family, excitation_kev)
+    e_all, w_all, names_all, edge, levels_all = _raw_lines(element, family, excitation_kev)
     if e_all.size == 0:
         return None
     inside = (e_all >= min_kev) & (e_all <= max_kev)
     if not inside.any():
         return None
-    e, w = e_all[inside], w_all[inside]
-    names = [n for n, k in zip(names_all, inside, strict=True) if k]
-    keep = w >= _MIN_REL_INTENSITY * w.max()
-    e, w, names = e[keep], w[keep], [n for n, k in zip(names, keep, strict=True) if k]
-    order = np.argsort(e, kind="stable")
-    e, w = e[order], w[order] / w.sum()
-    names = tuple(names[i] for i in order)
+    keep = inside & (w_all >= _MIN_REL_INTENSITY * w_all[inside].max())
+    idx = np.flatnonzero(keep)
+    idx = idx[np.argsort(e_all[idx], kind="stable")]
+    e, w = e_all[idx].copy(), w_all[idx] / w_all[idx].sum()
+    names = tuple(names_all[i] for i in idx)
+    levels = tuple(levels_all[i] for i in idx)
     main = float(e[np.argmax(w)])
     e.setflags(write=False)
     w.setflags(write=False)
-    return LineFamily(f"{element}-{family}", element, family, e, w, main, names, float(edge))
+    return LineFamily(f"{element}-{family}", element, family, e, w, main, names, float(edge), levels)
 
 
 def _normalise_element(el: str) -> str:

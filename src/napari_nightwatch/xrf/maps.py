@@ -29,11 +29,12 @@ import numpy as np
 from ..core.errors import NightwatchError
 from ..core.progress import ProgressCallback, StageTimer, report
 from ..core.spectra import EnergyCalibration
+from ..store.painting import writes
+from .analysis import analyse_spectrum
 from .calibration import CalibrationResult, estimate_detector, refine_calibration
 from .fit import build_fit_model, fit_block
-from .identify import identify_cube
 from .lines import get_family, parse_families
-from .model import Detector
+from .model import RH_K_KEV, Detector
 
 MAPS_PART = "xrf_maps"
 
@@ -71,6 +72,7 @@ def _cube_sum(cube) -> tuple[np.ndarray, int]:
     return np.asarray(s), int(n)
 
 
+@writes(MAPS_PART, "nightwatch xrf-maps")
 def fit_store(
     store,
     elements: str | Sequence[str] = "auto",
@@ -84,6 +86,10 @@ def fit_store(
     row_shift: str | float | None = None,
     block: tuple[int, int] | None = None,
     pileup: bool = False,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    excitation_kev: float | None = None,
+    tube_kev: float | Sequence[float] | None = RH_K_KEV,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
     """Fit element maps for the MA-XRF cube of a painting store and write ``xrf_maps/``.
@@ -103,8 +109,10 @@ def fit_store(
         Energy calibration to use instead of the store's (e.g. given by the user);
         refined from it when ``refine``.
     refine
-        Refine the energy calibration from the sum spectrum (the store's own
-        calibration is not changed; the one used is recorded with the maps).
+        Refine the energy calibration, the peak width and each family's line-group
+        ratios on the sum spectrum (:mod:`~napari_nightwatch.xrf.refine`) before the
+        per-pixel fit (the store's own calibration is not changed; what was used is
+        recorded with the maps and in the summary's ``refinement``).
     workers
         Threads fitting chunks side by side (numpy releases the GIL).
     overwrite
@@ -116,6 +124,13 @@ def fit_store(
         cube first, at a fraction of the cost).
     pileup
         Fit sum (pile-up) peaks of the strongest families as nuisance terms.
+    include, exclude
+        Families always fitted (``"Pb-L"``) / families or elements never proposed (``"Ar"``).
+    excitation_kev
+        Tube voltage (keV) instead of the store's (e.g. from a PyMca configuration).
+    tube_kev
+        Tube line energies (keV) fitted as Rayleigh/Compton scatter peaks (default Rh
+        K-alpha1 and K-beta1; add K-alpha2, 20.074 keV, when the scatter is strong).
     block
         Pixels ``(rows, cols)`` fitted and written at a time (default: whole storage
         chunks of the cube, about 8 M values); memory is a few blocks whatever the
@@ -130,13 +145,14 @@ def fit_store(
         spectra per second, and the identification when ``elements == "auto"``.
     """
     store.require_writable()
+    requested_shift = _check_row_shift(row_shift)  # before any work: a bad value never costs a whole fit
     timer = StageTimer()
     t_start = time.perf_counter()
     info = store.xrf_info
     cube = store.xrf_cube()
     ny, nx, ne = (int(v) for v in cube.shape)
     calib: EnergyCalibration = store.xrf_calibration if calibration is None else calibration
-    excitation = float(info.get("excitation_kev") or 50.0)
+    excitation = float(excitation_kev or info.get("excitation_kev") or 50.0)
     with timer.stage("summaries"):
         sum_spec = store.xrf_sum_spectrum() if store.has("xrf/sum_spectrum") else None
         n_valid = ny * nx
@@ -150,36 +166,50 @@ def fit_store(
     if float(sum_spec.sum()) <= 0:
         raise NightwatchError(f"The MA-XRF cube of {store.path} has zero counts in every pixel; there is nothing to fit.")
     energies = calib.energies(ne)
+    refinement = None
     with timer.stage("identify"):
         det = detector or estimate_detector(energies, sum_spec)
         identification: list[dict] = []
-        if isinstance(elements, str) and elements.strip().lower() == "auto":
-            sample = _sample_spectra(store)
-            ids = identify_cube(energies, sample, sum_spectrum=sum_spec, max_spectrum=max_spec, detector=det,
-                                excitation_kev=excitation)
-            identification = [r.to_dict() for r in ids if r.confidence > 0.05]
-            present = [r for r in ids if r.present]
-            if not present:
+        auto = isinstance(elements, str) and elements.strip().lower() == "auto"
+        given = None if auto else parse_families(elements, excitation)
+        if auto or refine:
+            # identification and the sum-spectrum refinement (calibration, peak width, each
+            # family's line-group ratios) that the per-pixel linear fit then uses
+            analysis = analyse_spectrum(
+                energies, sum_spec, max_spectrum=max_spec if auto else None,
+                pixel_spectra=_sample_spectra(store) if auto else None, detector=det, calibration=calib,
+                excitation_kev=excitation, tube_kev=tube_kev, families=given, include=include, exclude=exclude,
+                refine_ratios=refine,
+            )
+            identification = [r.to_dict() for r in analysis.identifications if r.confidence > 0.05]
+            if not analysis.families:
                 raise NightwatchError(
                     f"No element was identified in the sum spectrum of {store.path}; give --elements explicitly."
                 )
-            families = [get_family(r.name, excitation) for r in sorted(present, key=lambda r: r.main_energy_kev)]
-            areas = [r.area for r in sorted(present, key=lambda r: r.main_energy_kev)]
+            refinement = analysis.refinement if refine else None
+            if refinement is not None:
+                families = list(refinement.families)
+                det = refinement.detector
+            else:
+                families = [get_family(f.name, excitation) for f in analysis.families]
         else:
-            families = parse_families(elements, excitation)
-            areas = None
+            families = list(given)
     with timer.stage("calibrate"):
         cal_result = CalibrationResult(calib, False)
+        if refinement is not None and refinement.calibration is not None:
+            calib = refinement.calibration
+            cal_result = CalibrationResult(calib, True)
         if refine:
-            cal_result = refine_calibration(calib, sum_spec, families, areas=areas, detector=det)
-            # a refinement that moves peaks by more than a few channels means wrong matches
-            if cal_result.refined and abs(cal_result.shift_ev) > 10 * calib.gain_kev * 1000:
-                cal_result = CalibrationResult(calib, False)
+            # residuals of the strong isolated peaks on the refined axis, for the record
+            # (and a last correction when the line-shape refinement left a shift)
+            check = refine_calibration(calib, sum_spec, families, detector=det, tube_kev=tube_kev)
+            if check.refined and abs(check.shift_ev) <= 10 * calib.gain_kev * 1000:
+                cal_result = check
         used = cal_result.calibration
         energies = used.energies(ne)
     model = build_fit_model(
         energies, families, detector=det, mean_spectrum=sum_spec / n_valid, excitation_kev=excitation,
-        background=background, pileup=pileup,
+        background=background, pileup=pileup, tube_kev=tube_kev,
     )
     names = model.family_names
     signature = {
@@ -187,9 +217,11 @@ def fit_store(
         "calibration": used.to_dict(),
         "detector": model.describe()["detector"],
         "background": background,
+        "tube_kev": None if tube_kev is None else [float(t) for t in np.atleast_1d(tube_kev)],
         "terms": list(model.term_names),
         "cube_shape": [ny, nx, ne],
         "xrf_source": info.get("source"),
+        "line_ratios": None if refinement is None else refinement.to_dict()["group_scales"],
     }
     zcube = store.root["xrf/cube"]
     if block is None:
@@ -205,6 +237,13 @@ def fit_store(
     signature["block"] = [cy, cx]
     gy, gx = math.ceil(ny / cy), math.ceil(nx / cx)
     group, done = _prepare_output(store, names, (ny, nx), (cy, cx), (gy, gx), signature, overwrite)
+    # the row-shift correction rewrites finished maps in place: a resumed run must not apply it twice,
+    # and a run asking for another correction refits from the raw fit
+    applied = group.attrs.get("row_shift_applied")
+    if applied is not None and (applied.get("requested") != requested_shift or not done.all()):
+        done[:] = False
+        del group.attrs["row_shift_applied"]
+        applied = None
     todo = [(iy, ix) for iy in range(gy) for ix in range(gx) if not done[iy, ix]]
     total = gy * gx
     n_done = total - len(todo)
@@ -251,9 +290,12 @@ def fit_store(
     timer.add("fit_cpu", counter["fit_s"])
     timer.add("write_cpu", counter["write_s"])
     applied_shift = None
-    if row_shift is not None:
+    if applied is not None:
+        applied_shift = applied["shift"]  # applied before an interruption: the maps are corrected already
+    elif row_shift is not None:
         with timer.stage("row_shift"):
             applied_shift = _apply_row_shift(store, group, row_shift)
+        group.attrs["row_shift_applied"] = {"requested": requested_shift, "shift": applied_shift}
     with timer.stage("contrast"):
         step = max(1, int(math.sqrt(ny * nx / 250_000)))
         sample = np.asarray(maps_arr[:, ::step, ::step])
@@ -288,6 +330,9 @@ def fit_store(
         "spectra_per_second": round(n_fitted / fit_wall, 1) if fit_wall > 0 and n_fitted else None,
         "timings": timer.as_dict(),
         "identification": identification,
+        "instrument_families": [r["name"] for r in identification
+                                if r["origin"] == "instrument" and r["confidence"] >= 0.5],
+        "refinement": None if refinement is None else refinement.to_dict(),
     }
     group.attrs["nightwatch"] = {
         **summary, "signature": signature, "model": model.describe(),
@@ -297,6 +342,10 @@ def fit_store(
         MAPS_PART, xrf_source=info.get("source"), elements=names, calibration=used.to_dict(),
         detector_fwhm_mn_ka_ev=det.fwhm_mn_ka_ev, background=background,
     )
+    # other NGFF viewers place the maps by their coordinate transformations (scale + translation)
+    from ..store.sources import sync_xrf_placement
+
+    sync_xrf_placement(store)
     return summary
 
 
@@ -322,6 +371,21 @@ def _sample_spectra(store, max_pixels: int = 16384, seed: int = 0) -> np.ndarray
         if n >= max_pixels:
             break
     return np.concatenate(parts)
+
+
+def _check_row_shift(row_shift: str | float | None) -> str | None:
+    """The requested row-shift correction as recorded ('auto', a finite number, or None); a sentence otherwise."""
+    if row_shift is None:
+        return None
+    if isinstance(row_shift, str) and row_shift.strip().lower() == "auto":
+        return "auto"
+    try:
+        value = float(row_shift)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not math.isfinite(value):
+        raise NightwatchError(f"row_shift={row_shift!r} must be 'auto' or a finite number of XRF pixels.")
+    return repr(value)
 
 
 def _apply_row_shift(store, group, row_shift: str | float) -> float:
@@ -354,6 +418,8 @@ def _prepare_output(store, names, shape, chunks, grid, signature, overwrite):
             done = np.asarray(g["done"][...])
             if old == signature and store.is_complete(MAPS_PART):
                 done[:] = False  # a finished run with the same model: refit (maps may be stale)
+                if "row_shift_applied" in g.attrs:
+                    del g.attrs["row_shift_applied"]
             store.mark_incomplete(MAPS_PART)
             g.attrs["nightwatch"] = {"pending_signature": signature}
             return g, done
@@ -389,18 +455,24 @@ def load_uncertainty(store) -> tuple[list[str], np.ndarray, np.ndarray]:
     return names, np.asarray(g["uncertainty"][...]), np.asarray(g["chi2"][...])
 
 
-def export_tiffs(store, out_dir: str | Path) -> list[Path]:
-    """Write one float32 TIFF per family (``Pb-L.tif``) on the cube's pixel grid."""
+def export_tiffs(store, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Write one float32 TIFF per family (``Pb-L.tif``) on the cube's pixel grid.
+
+    Existing files are refused unless ``overwrite``; family names from the store
+    are checked to be plain file names first (nothing is written on refusal).
+    """
     import tifffile
 
+    from ..core.paths import check_export_folder, check_targets, safe_file_stem
+
     names, _ = load_element_maps(store)
-    out = Path(out_dir)
+    out = check_export_folder(out_dir)
+    targets = check_targets([out / f"{safe_file_stem(n, 'Element family')}.tif" for n in names], overwrite)
     out.mkdir(parents=True, exist_ok=True)
     g = store.root[MAPS_PART]
     px = float(store.xrf_info.get("pixel_size_um") or 1.0)
     paths = []
-    for c, name in enumerate(names):
-        p = out / f"{name}.tif"
+    for c, (name, p) in enumerate(zip(names, targets, strict=True)):
         data = np.asarray(g["0"][c], dtype=np.float32)
         # resolution in pixels per centimetre, the unit TIFF understands
         res = 1e4 / px

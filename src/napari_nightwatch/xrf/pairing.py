@@ -210,6 +210,8 @@ def load_element_intensity_maps(store, *, required: bool = True) -> tuple[list[s
     if store.has("xrf_maps") and store.is_complete("xrf_maps"):
         from .maps import load_element_maps
 
+        store.check_fresh("xrf_maps", "refit them from the current cube with `nightwatch xrf-maps --overwrite`")
+
         names, maps = load_element_maps(store)
         return list(names), np.asarray(maps, dtype=np.float32)
     if required:

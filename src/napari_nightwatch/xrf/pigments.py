@@ -39,6 +39,8 @@ __all__ = [
     "COLOURS",
     "SCHEMA_VERSION",
     "CompositionReading",
+    "colour_membership",
+    "colour_prototypes",
     "Pigment",
     "PigmentElement",
     "PigmentMatch",
@@ -371,6 +373,60 @@ def _library() -> _Library:
             lib.by_name.setdefault(key, p)
             lib.spelled.setdefault(key, label)
     return lib
+
+
+@functools.lru_cache(maxsize=1)
+def colour_prototypes() -> dict[str, tuple[float, float, float]]:
+    """CIELAB (D65) prototype of each colour family, from the packaged table.
+
+    Returns
+    -------
+    dict
+        ``{family: (L, a, b)}`` for every name of :data:`COLOURS`.
+    """
+    text = resources.files(__package__).joinpath(_TABLE).read_text(encoding="utf-8")
+    lab = json.loads(text).get("colour_families", {}).get("lab", {})
+    missing = [c for c in COLOURS if c not in lab]
+    if missing:
+        raise NightwatchError(f"The packaged {_TABLE} has no CIELAB prototype for colour families {missing}.")
+    return {c: tuple(float(v) for v in lab[c]) for c in COLOURS}
+
+
+#: spread (CIELAB Delta E) of a colour family around its prototype: about the distance
+#: between neighbouring ISCC-NBS hue names, so a colour halfway between two names
+#: belongs to both about equally
+COLOUR_SIGMA_LAB = 20.0
+
+
+def colour_membership(rgb: np.ndarray, sigma: float = COLOUR_SIGMA_LAB) -> dict[str, np.ndarray]:
+    """How much each colour looks like each colour family (soft, summing to 1).
+
+    Parameters
+    ----------
+    rgb
+        ``(..., 3)`` sRGB colours in [0, 1] (e.g. the mean colour of each tile).
+    sigma
+        Spread of a family around its prototype, in CIELAB Delta E (CIE76).
+
+    Returns
+    -------
+    dict
+        ``{family: (...) float64}``: Gaussian weights of the distance to each
+        prototype, normalised over the families; NaN where the colour is not finite.
+    """
+    from skimage.color import rgb2lab
+
+    rgb = np.asarray(rgb, dtype=np.float64)
+    if rgb.shape[-1:] != (3,):
+        raise NightwatchError(f"Colours must have 3 channels (R, G, B); got shape {rgb.shape}.")
+    finite = np.isfinite(rgb).all(-1)
+    lab = rgb2lab(np.clip(np.nan_to_num(rgb), 0.0, 1.0).reshape(-1, 1, 3)).reshape(rgb.shape)
+    protos = colour_prototypes()
+    d2 = np.stack([((lab - np.asarray(p)) ** 2).sum(-1) for p in protos.values()], -1)
+    # subtract the nearest distance before exponentiating so far-off colours do not underflow to 0/0
+    w = np.exp(-(d2 - d2.min(-1, keepdims=True)) / (2.0 * sigma**2))
+    w /= w.sum(-1, keepdims=True)
+    return {c: np.where(finite, w[..., i], np.nan) for i, c in enumerate(protos)}
 
 
 def pigment_library() -> tuple[Pigment, ...]:

@@ -118,15 +118,17 @@ class BridgeWidget(Panel):
         pl = QVBoxLayout(pr)
         self.predict_button = QPushButton("Predict")
         pl.addWidget(self.predict_button)
-        self.metrics_table = QTableWidget(0, 4)
-        self.metrics_table.setHorizontalHeaderLabels(["element", "held-out r", "SSIM", "evidence"])
+        self.metrics_table = QTableWidget(0, len(METRIC_COLUMNS))
+        self.metrics_table.setHorizontalHeaderLabels([c[0] for c in METRIC_COLUMNS])
         self.metrics_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         pl.addWidget(self.metrics_table)
         row = QHBoxLayout()
         self.uncertainty_check = QCheckBox("show uncertainty")
         self.evidence_check = QCheckBox("show no-evidence mask")
+        self.scan_next_check = QCheckBox("show where to scan next")
         row.addWidget(self.uncertainty_check)
         row.addWidget(self.evidence_check)
+        row.addWidget(self.scan_next_check)
         pl.addLayout(row)
         self.layout_.addWidget(pr)
         self.layout_.addWidget(self.runner)
@@ -136,6 +138,7 @@ class BridgeWidget(Panel):
         self.predict_button.clicked.connect(self.guarded(self.predict))
         self.uncertainty_check.toggled.connect(self.guarded(lambda: self._toggle_part("uncertainty")))
         self.evidence_check.toggled.connect(self.guarded(lambda: self._toggle_part("no_evidence")))
+        self.scan_next_check.toggled.connect(self.guarded(self._toggle_scan_next))
         self.runner._progressed.connect(self._on_progress)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -282,13 +285,46 @@ class BridgeWidget(Panel):
         for part, check in (("uncertainty", self.uncertainty_check), ("no_evidence", self.evidence_check)):
             if check.isChecked():
                 self._toggle_part(part)
+        if self.scan_next_check.isChecked():
+            self._toggle_scan_next()
         self.last_prediction = result
         val = result.get("validation") or {}
         self.metrics_table.setRowCount(len(val))
         for r, (el, v) in enumerate(val.items()):
-            cells = (el, _fmt(v.get("r")), _fmt(v.get("ssim")), "yes" if v.get("evidence") else "no")
-            for c, text in enumerate(cells):
-                self.metrics_table.setItem(r, c, QTableWidgetItem(text))
+            for c, (_, cell) in enumerate(METRIC_COLUMNS):
+                self.metrics_table.setItem(r, c, QTableWidgetItem(cell(el, v)))
+
+    def scan_next_layer(self):
+        """The "scan here next" Image layer of the shown prediction (added on first use)."""
+        from ...ml.bridge import scan_next_map
+
+        have = [ly for ly in self.prediction_layers
+                if ly.metadata.get("nightwatch_kind") == "scan_next" and ly in self.viewer.layers]
+        if have:
+            return have[0]
+        store = self.open_store()
+        score, info = scan_next_map(store, self._prediction)
+        from ...core.tiling import TileGrid
+
+        grid = TileGrid.from_attrs(store.node_attrs(f"predicted/{self._prediction}")["grid"])
+        ld = L.tile_value_layer(np.nan_to_num(score, nan=0.0), grid, store.mosaic_pixel_size_um,
+                                f"scan here next{self._suffix}", colormap="inferno")
+        ld[1]["metadata"].update({"nightwatch_kind": "scan_next", "nightwatch_store": str(store.path),
+                                  "prediction": self._prediction})
+        layer = add_layer_data(self.viewer, ld)
+        self.prediction_layers.append(layer)
+        return layer
+
+    def _toggle_scan_next(self) -> None:
+        if not getattr(self, "_prediction", None):
+            return
+        on = self.scan_next_check.isChecked()
+        if on:
+            self.scan_next_layer().visible = True
+        else:
+            for ly in self.prediction_layers:
+                if ly.metadata.get("nightwatch_kind") == "scan_next" and ly in self.viewer.layers:
+                    ly.visible = False
 
     def _toggle_part(self, part: str) -> None:
         """Show or hide the uncertainty / no-evidence layers, building them on first use."""
@@ -308,3 +344,18 @@ class BridgeWidget(Panel):
 
 def _fmt(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{float(v):.3f}"
+
+
+#: columns of the held-out figures: the kept method beside the best baseline, and the
+#: evidence that follows from the same held-out r
+METRIC_COLUMNS = (
+    ("element", lambda el, v: el),
+    ("kept method", lambda el, v: str(v.get("method", ""))),
+    ("held-out r", lambda el, v: _fmt(v.get("r"))),
+    ("SSIM", lambda el, v: _fmt(v.get("ssim"))),
+    ("best baseline", lambda el, v: str(v.get("baseline", ""))),
+    ("baseline r", lambda el, v: _fmt(v.get("r_baseline"))),
+    ("baseline SSIM", lambda el, v: _fmt(v.get("ssim_baseline"))),
+    ("skill (r)", lambda el, v: _fmt(v.get("skill"))),
+    ("evidence", lambda el, v: "yes" if v.get("evidence") else "no"),
+)

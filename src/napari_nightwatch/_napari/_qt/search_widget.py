@@ -1,4 +1,5 @@
-"""Search panel: text, exemplar and spectrum queries; results as layers and a navigable table."""
+"""Search panel: text, exemplar, spectrum and pigment queries, any of them filtered by composition;
+results as layers and a navigable table."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QComboBox,
+    QCompleter,
     QHBoxLayout,
     QLineEdit,
     QPushButton,
@@ -31,7 +33,11 @@ SOURCES = (
     "XRF pixel",
     "XRF rectangle",
     "spectrum file",
+    "pigment",
 )
+
+#: element maps the pigment door reads (see :data:`napari_nightwatch.search.composition.MAPS`)
+MAPS = ("auto", "measured", "predicted")
 
 
 @dataclass
@@ -50,6 +56,9 @@ class SearchRequest:
     xrf_box: tuple[float, float, float, float] | None = None
     spectrum_path: str = ""
     k: int = 20
+    pigment: str = ""
+    where: str = ""
+    maps: str = "auto"
 
 
 @dataclass
@@ -75,8 +84,9 @@ def to_query(req: SearchRequest):
     """The panel's request as the query every front end runs (:class:`~napari_nightwatch.search.run.Query`)."""
     from ...search.run import Query
 
-    q = Query(grid_id=req.grid_id, model_id=req.model_id, k=req.k, with_map=True,
-              negative=[req.negative] if req.negative else [])
+    q = Query(grid_id=req.grid_id or None, model_id=req.model_id or None, k=req.k, with_map=True,
+              negative=[req.negative] if req.negative and req.source != "pigment" else [],
+              where=req.where or None, maps=req.maps)
     if req.source == "text":
         q.text = req.text
     elif req.source in ("Shapes rectangle", "current view"):
@@ -87,6 +97,8 @@ def to_query(req: SearchRequest):
         q.xrf_pixel = req.xrf_pixel
     elif req.source == "XRF rectangle":
         q.xrf_region = tuple(int(round(v)) for v in req.xrf_box)
+    elif req.source == "pigment":
+        q.pigment = req.pigment
     else:
         q.spectrum_file = req.spectrum_path
     return q
@@ -147,13 +159,25 @@ class SearchWidget(Panel):
         self.form.addRow("XRF pixel y, x", prow)
         self.spectrum_edit = self.remember("spectrum", PathEdit("spectrum file (.spx .mca .msa .spe .csv)"))
         self.form.addRow("Spectrum", self.spectrum_edit)
+        self.pigment_edit = self.remember("pigment", QLineEdit())
+        self.pigment_edit.setPlaceholderText("e.g. smalt, vermilion, loodwit, blanc de plomb")
+        self.pigment_edit.setCompleter(self._pigment_completer())
+        self.form.addRow("Pigment", self.pigment_edit)
+        self.where_edit = self.remember("where", QLineEdit())
+        self.where_edit.setPlaceholderText("optional, for any query: Hg-L > 0.5 and Pb-L < 0.3")
+        self.form.addRow("Where", self.where_edit)
+        self.maps_combo = self.remember("maps", QComboBox())
+        self.maps_combo.addItems(MAPS)
+        self.maps_combo.setToolTip("element maps for pigment and Where: measured where scanned, predicted elsewhere "
+                                   "(auto), or only one kind")
+        self.form.addRow("Element maps", self.maps_combo)
         self.k_spin = self.remember("k", spin(1, 1000, 20))
         self.form.addRow("k", self.k_spin)
         self.search_button = QPushButton("Search")
         self.layout_.addWidget(self.search_button)
         self.layout_.addWidget(self.runner)
-        self.table = QTableWidget(0, 4)
-        self.table.setHorizontalHeaderLabels(["rank", "score", "y (um)", "x (um)"])
+        self.table = QTableWidget(0, 5)
+        self.table.setHorizontalHeaderLabels(["rank", "score", "y (um)", "x (um)", "maps"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -182,6 +206,15 @@ class SearchWidget(Panel):
                 pass
 
     # ------------------------------------------------------------------ inputs
+    def _pigment_completer(self) -> QCompleter:
+        """Completion over every pigment name and synonym (all languages), case-insensitive, anywhere in the name."""
+        from ...xrf.pigments import pigment_names
+
+        completer = QCompleter(pigment_names(include_synonyms=True), self)
+        completer.setCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        completer.setFilterMode(Qt.MatchFlag.MatchContains)
+        return completer
+
     def _refresh_shapes(self, event=None) -> None:
         fill_shapes_combo(self.viewer, self.shapes_combo)
 
@@ -231,10 +264,14 @@ class SearchWidget(Panel):
     def request(self) -> SearchRequest:
         """Read the panel's inputs (main thread) into a :class:`SearchRequest`."""
         store = self.open_store()
-        grid_id, model_id = self.chosen_embeddings(store, self.embeddings_combo)
         src = self.source_combo.currentText()
+        if src == "pigment" and not self.embeddings_combo.currentText():
+            grid_id, model_id = "", ""  # the pigment door needs a tile grid, not embeddings
+        else:
+            grid_id, model_id = self.chosen_embeddings(store, self.embeddings_combo)
         req = SearchRequest(store.path, grid_id, model_id, src, negative=self.negative_edit.text().strip(),
-                            k=self.k_spin.value())
+                            k=self.k_spin.value(), where=self.where_edit.text().strip(),
+                            maps=self.maps_combo.currentText())
         p = store.mosaic_pixel_size_um
         if src == "text":
             req.text = self.text_edit.text().strip()
@@ -256,6 +293,10 @@ class SearchWidget(Panel):
             box = L.um_rect_to_xrf_box(self._rectangle_um(), store.xrf_affine, p)
             # whole pixels: those whose centres lie inside the rectangle, [y0, y1) x [x0, x1)
             req.xrf_box = tuple(int(np.ceil(v)) for v in box)
+        elif src == "pigment":
+            req.pigment = self.pigment_edit.text().strip()
+            if not req.pigment:
+                raise NightwatchError("Type a pigment in the Pigment box (for example 'smalt').")
         else:
             req.spectrum_path = self.spectrum_edit.text()
             if not req.spectrum_path:
@@ -276,19 +317,21 @@ class SearchWidget(Panel):
         scores = np.array([float(_get(h, "score")) for h in res.hits])
         tiles = np.array([int(_get(h, "tile")) for h in res.hits], dtype=np.int64)
         new = []
+        heat = "pigment score" if res.label.startswith(("pigment", "where")) else "similarity"
         new.append(add_layer_data(self.viewer, L.similarity_map_layer(res.scores_map, res.grid, res.pixel_size_um,
-                                                                      f"similarity: {name}")))
+                                                                      f"{heat}: {name}")))
         for ld in L.hit_layers(boxes, scores, res.label, res.pixel_size_um, name=name, tiles=tiles):
             new.append(add_layer_data(self.viewer, ld))
         self.last_result = res
         self.last_layers = new
         self.hits = [{"rank": i + 1, "score": float(scores[i]), "box": boxes[i],
-                      "center_um": L.box_level0_center_um(boxes[i], res.pixel_size_um)} for i in range(len(boxes))]
+                      "center_um": L.box_level0_center_um(boxes[i], res.pixel_size_um),
+                      "source": str(_get(res.hits[i], "source") or "")} for i in range(len(boxes))]
         self.table.blockSignals(True)
         self.table.setRowCount(len(self.hits))
         for r, h in enumerate(self.hits):
             for c, v in enumerate((str(h["rank"]), f"{h['score']:.4f}", f"{h['center_um'][0]:.1f}",
-                                   f"{h['center_um'][1]:.1f}")):
+                                   f"{h['center_um'][1]:.1f}", h["source"])):
                 item = QTableWidgetItem(v)
                 item.setTextAlignment(int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter))
                 self.table.setItem(r, c, item)
@@ -309,4 +352,5 @@ class SearchWidget(Panel):
 
 
 def _get(hit, key: str):
-    return hit[key] if isinstance(hit, dict) else getattr(hit, key)
+    """A field of a hit, whether a :class:`Hit` or its JSON (which leaves out empty pigment-door fields)."""
+    return hit.get(key) if isinstance(hit, dict) else getattr(hit, key, None)

@@ -7,7 +7,7 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QLineEdit,
 
 from ...core.errors import NightwatchError
 from .. import layers as L
-from .common import Panel, add_layer_data, fill_shapes_combo
+from .common import Panel, PathEdit, add_layer_data, fill_shapes_combo
 from .plot import LinePlot
 
 
@@ -30,6 +30,12 @@ class XrfWidget(Panel):
         self.elements_edit = self.remember("elements", QLineEdit("auto"))
         self.elements_edit.setToolTip("auto, or element families such as Pb-L,Hg-L,Fe-K")
         self.form.addRow("Elements", self.elements_edit)
+        self.include_edit = self.remember("include", QLineEdit(""))
+        self.include_edit.setToolTip("families always fitted, e.g. Pb-L,As-K")
+        self.form.addRow("Include", self.include_edit)
+        self.exclude_edit = self.remember("exclude", QLineEdit(""))
+        self.exclude_edit.setToolTip("families or elements never proposed, e.g. Ar,Rh-L")
+        self.form.addRow("Exclude", self.exclude_edit)
         row = QHBoxLayout()
         self.fit_button = QPushButton("Fit element maps")
         self.show_button = QPushButton("Show maps")
@@ -53,10 +59,28 @@ class XrfWidget(Panel):
         self.layout_.addWidget(self.log_check)
         self.plot = LinePlot(x_label="energy (keV)", log_y=True)
         self.layout_.addWidget(self.plot, 1)
+        # one spectrum file (.spx, .mca, .msa, .spe, .hspy): identified and fitted on its own
+        self.spectrum_file_edit = self.remember("spectrum_file", PathEdit("SPECTRUM.spx / .mca / .msa / .spe"))
+        self.pymca_config_edit = self.remember("pymca_config", PathEdit("optional PyMca .cfg", filter="*.cfg"))
+        frow = QHBoxLayout()
+        frow.addWidget(QLabel("Spectrum file"))
+        frow.addWidget(self.spectrum_file_edit, 1)
+        self.layout_.addLayout(frow)
+        crow = QHBoxLayout()
+        crow.addWidget(QLabel("PyMca config"))
+        crow.addWidget(self.pymca_config_edit, 1)
+        self.file_button = QPushButton("Fit spectrum file")
+        crow.addWidget(self.file_button)
+        self.layout_.addLayout(crow)
+        self.file_table = QLabel("")
+        self.file_table.setWordWrap(True)
+        self.layout_.addWidget(self.file_table)
+        self.file_fit = None
 
         self.fit_button.clicked.connect(self.guarded(self.fit))
         self.show_button.clicked.connect(self.guarded(self.show_maps))
         self.region_button.clicked.connect(self.guarded(self.region_spectrum))
+        self.file_button.clicked.connect(self.guarded(self.fit_spectrum_file))
         self.follow_check.toggled.connect(self._toggle_follow)
         self.log_check.toggled.connect(self._set_log)
         self.viewer.layers.events.inserted.connect(self._refresh_shapes)
@@ -111,12 +135,13 @@ class XrfWidget(Panel):
         path = self.store_path()
         self.open_store()
         elements = self.elements()
+        include, exclude = self.names(self.include_edit), self.names(self.exclude_edit)
 
         def job(progress):
             from ...store import PaintingStore
 
             store = PaintingStore.open(path, mode="r+")
-            summary = fit_store(store, elements, progress=progress)
+            summary = fit_store(store, elements, include=include, exclude=exclude, progress=progress)
             return summary
 
         def done(summary):
@@ -125,6 +150,50 @@ class XrfWidget(Panel):
             self.fit_summary = summary
 
         return self.start(job, done, "element maps")
+
+    @staticmethod
+    def names(edit) -> list[str]:
+        """Comma-separated family or element names of a line edit."""
+        return [t.strip() for t in edit.text().split(",") if t.strip()]
+
+    def fit_spectrum_file(self):
+        """Identify and fit one spectrum file in a worker; show spectrum, fit, lines and the table."""
+        from pathlib import Path
+
+        from ...xrf.single import fit_spectrum_file
+
+        path = self.spectrum_file_edit.text()
+        if not path:
+            raise NightwatchError("Choose a spectrum file (.spx, .mca, .msa, .spe, .hspy) first.")
+        cfg = self.pymca_config_edit.text() or None
+        elements = self.elements()
+        include, exclude = self.names(self.include_edit), self.names(self.exclude_edit)
+
+        def job(progress):
+            return fit_spectrum_file(path, elements=elements, pymca_config=cfg, include=include, exclude=exclude)
+
+        def done(result):
+            self.show_file_fit(result, Path(path).name)
+
+        return self.start(job, done, "spectrum file")
+
+    def show_file_fit(self, result, title: str) -> None:
+        """Plot a :class:`~napari_nightwatch.xrf.single.SingleSpectrumFit` and list its families."""
+        self.file_fit = result
+        self.last_spectrum = np.asarray(result.counts, float)
+        self.plot.clear()
+        self.plot.title = f"{title}: reduced chi2 {result.chi2:.2f}"
+        self.plot.set_curve("spectrum", result.energies_kev, result.counts)
+        ok = np.isfinite(result.fitted)
+        self.plot.set_curve("fit", result.energies_kev[ok], result.fitted[ok], (255, 80, 80))
+        marks = []
+        for f in result.families:
+            r, g, b = L.element_rgb(f.name)
+            marks.append((float(f.main_energy_kev), f.name, (int(r * 255), int(g * 255), int(b * 255))))
+        self.plot.set_markers(marks)
+        self.file_table.setText("\n".join(
+            f"{row['family']} ({row['origin']}): {row['area']:.0f} +- {row['uncertainty']:.0f}" for row in result.table()
+        ))
 
     def show_maps(self) -> list:
         """Add the store's fitted element maps as one additive layer per family (replacing old ones)."""

@@ -5,7 +5,10 @@ from safetensors each time.
 Layout of ``models/<encoder_id>/``: attrs (config, encoder_hash, head_hash,
 image_model_id, image_signature, grid_id, grid, split, element_names, target_mean/std,
 validation, history, head_shape); ``encoder`` and ``head`` safetensors bytes;
-``split`` (n_tiles,) int8; ``bank_tiles``, ``bank_vectors``, ``bank_elements``."""
+``split`` (n_tiles,) int8; ``bank_tiles``, ``bank_vectors``, ``bank_elements``,
+``bank_descriptors`` (colour statistics + texture of the training tiles) and
+``baselines/<method>/`` (ridge coefficients of the descriptor models); attrs
+``selection``: per element the method kept by validation and the best baseline."""
 
 from __future__ import annotations
 
@@ -48,6 +51,14 @@ class XrfBridge:
             load_safetensors_bytes(self.head, np.asarray(g["head"][...]).tobytes(), f"inverse head {encoder_id}")
             self.head.eval()
             self.bank_elements = np.asarray(g["bank_elements"][...], np.float32)
+        self.selection: dict = dict(self.attrs.get("selection") or {})
+        self.bank_descriptors = np.asarray(g["bank_descriptors"][...], np.float64) if "bank_descriptors" in g else None
+        self.ridges: dict = {}
+        if "baselines" in g:
+            from .baselines import RidgeRegressor
+
+            for method, sub in g["baselines"].groups():
+                self.ridges[method] = RidgeRegressor.from_arrays({k: np.asarray(v[...]) for k, v in sub.arrays()})
         self.bank_tiles = np.asarray(g["bank_tiles"][...], np.int64)
         self.bank_vectors = np.asarray(g["bank_vectors"][...], np.float32)
         self.split = np.asarray(g["split"][...], np.int8)

@@ -1,6 +1,8 @@
-"""Element maps predicted from the photograph: per tile, from its image embedding
-(through the joint space and through the regression head), validated on held-out
-blocks and written to ``predicted/<name>/``."""
+"""Element maps predicted from the photograph: per tile, by the method kept per element
+at training time (image-model features, their stack with colour and texture
+descriptors, the plain baselines, or a blend of them), validated on held-out blocks
+beside the best baseline and written to ``predicted/<name>/``; and the "scan here
+next" map of where the photograph cannot tell the composition."""
 
 from __future__ import annotations
 
@@ -12,73 +14,45 @@ import numpy as np
 from ...core.errors import NightwatchError
 from ...core.progress import ProgressCallback, report
 from ...store import layout
-from ...xrf.metrics import block_ssim, leave_block_out_r, pearson_r, top_k_rows
-from .models import XrfBridge, load_xrf_bridge, open_tile_embeddings
+from ...store.painting import writes
+from ...xrf.metrics import block_ssim, pearson_r, top_k_rows
+from .models import load_xrf_bridge, open_tile_embeddings
 from .split import TEST, VAL
 
-#: elements whose leave-block-out predictability from look-alike training tiles
-#: (Pearson r) is below this carry no evidence in the photograph anywhere
+#: an element whose held-out Pearson r (the figure shown: the kept method on the test
+#: tiles, or on the validation tiles where there are too few test tiles) is below this
+#: carries no evidence in the photograph anywhere
 MIN_ELEMENT_R = 0.5
+
+#: fewer held-out test tiles than this and the evidence rule uses the validation r
+MIN_TEST_TILES = 10
 
 
 #: a tile is flagged for an element when the measured values of the training tiles
 #: that look like it spread by more than this fraction of their mean
 MAX_RELATIVE_SPREAD = 0.25
 
+#: every method reported: image-model (CLIP) features, their stack with the
+#: descriptors, the two plain baselines, and the blend (non-negative stack of the
+#: candidates' predictions)
+METHODS = ("head", "joint", "neighbours", "stack", "colour_knn", "descriptor_ridge", "blend")
 
-def predict_elements(
-    bridge: XrfBridge,
-    vectors: np.ndarray,
-    bank_image_vectors: np.ndarray,
-    *,
-    k: int = 16,
-    chunk: int = 4096,
-) -> dict[str, np.ndarray]:
-    """Element intensities of tiles from their image embeddings alone.
 
-    Parameters
-    ----------
-    bridge
-        A loaded bridge with an inverse head (trained with element maps).
-    vectors
-        ``(n, dim)`` image embeddings of the tiles.
-    bank_image_vectors
-        ``(n_train, dim)`` image embeddings of the training tiles (for the
-        neighbour spread behind the "no evidence" flag).
-    k
-        Neighbours for the joint-space estimate and for the spread.
-    chunk
-        Tiles per batch.
-
-    Returns
-    -------
-    dict
-        Each ``(n, c)``: ``head`` (regression ensemble mean), ``joint`` (through
-        the joint space), ``neighbours`` (mean composition of the training tiles
-        that look the same), ``spread`` (their weighted standard deviation) and
-        ``uncertainty`` (ensemble and neighbour spread combined).
-    """
+def _clip_estimates(bridge, vectors: np.ndarray, bank_image_vectors: np.ndarray, k: int, chunk: int = 4096) -> dict:
+    """Head ensemble, joint-space and look-alike estimates from image embeddings."""
     import torch
 
-    if bridge.head is None:
-        raise NightwatchError(
-            f"Spectrum encoder {bridge.encoder_id} was trained without element maps, so it has no inverse; fit element "
-            "maps (nightwatch xrf-maps) and retrain (nightwatch train-xrf)."
-        )
     inv_t = 1.0 / max(bridge.temperature, 1e-3)
     be = bridge.bank_elements
-    out = {key: [] for key in ("head", "joint", "neighbours", "uncertainty", "spread")}
+    out = {key: [] for key in ("head", "ens_sd", "joint", "neighbours", "spread")}
     for s in range(0, len(vectors), chunk):
         v = np.asarray(vectors[s : s + chunk], np.float32)
         with torch.no_grad():
             ens = bridge.head(torch.as_tensor(v)).numpy()  # (members, n, c)
-        head = np.clip(ens.mean(0), 0, None)
-        ens_sd = ens.std(0)
         # (a) through the joint space: tile image embedding vs spectrum embeddings
         idx, sims = top_k_rows(v @ bridge.bank_vectors.T, k)
         w = np.exp((sims - sims.max(1, keepdims=True)) * inv_t)
         w /= w.sum(1, keepdims=True)
-        joint = np.einsum("nk,nkc->nc", w, be[idx])
         # spread of the measured composition among the tiles that *look* the same:
         # large where the image does not determine the element (hidden layers)
         idx2, sims2 = top_k_rows(v @ bank_image_vectors.T, k)
@@ -86,15 +60,75 @@ def predict_elements(
         w2 /= w2.sum(1, keepdims=True)
         nb = be[idx2]
         mean2 = np.einsum("nk,nkc->nc", w2, nb)
-        spread = np.sqrt(np.einsum("nk,nkc->nc", w2, (nb - mean2[:, None]) ** 2))
-        out["head"].append(head)
-        out["joint"].append(joint)
+        out["head"].append(np.clip(ens.mean(0), 0, None))
+        out["ens_sd"].append(ens.std(0))
+        out["joint"].append(np.einsum("nk,nkc->nc", w, be[idx]))
         out["neighbours"].append(mean2)
-        out["spread"].append(spread)
-        out["uncertainty"].append(np.sqrt(ens_sd**2 + spread**2))
+        out["spread"].append(np.sqrt(np.einsum("nk,nkc->nc", w2, (nb - mean2[:, None]) ** 2)))
     return {key: np.concatenate(v).astype(np.float32) for key, v in out.items()}
 
 
+def method_estimates(bridge, vectors: np.ndarray, bank_image_vectors: np.ndarray, descriptors, *,
+                     k: int = 16) -> dict[str, dict[str, np.ndarray]]:
+    """Every method's estimate of the element intensities of some tiles.
+
+    Parameters
+    ----------
+    bridge
+        A bridge (or anything with its attributes: ``head``, ``temperature``,
+        ``bank_vectors``, ``bank_elements``, ``bank_descriptors``, ``ridges``).
+    vectors
+        ``(n, dim)`` image embeddings of the tiles.
+    bank_image_vectors
+        ``(n_train, dim)`` image embeddings of the training tiles.
+    descriptors
+        :class:`~.baselines.TileDescriptors` of the tiles.
+    k
+        Neighbours of the joint-space and look-alike estimates.
+
+    Returns
+    -------
+    dict
+        Method -> ``{"estimate", "spread", "level"}``, each ``(n, c)``: the estimate,
+        the spread of the measured values of the training tiles that look the same in
+        that method's features, and their mean (the level the spread is relative to).
+        The head's entry also has ``ens_sd`` (the spread of its ensemble members).
+    """
+    from .baselines import KnnRegressor
+
+    clip = _clip_estimates(bridge, vectors, bank_image_vectors, k)
+    clip_nb = {"spread": clip["spread"], "level": clip["neighbours"]}
+    out: dict[str, dict[str, np.ndarray]] = {
+        "head": {"estimate": clip["head"], "ens_sd": clip["ens_sd"], **clip_nb},
+        "joint": {"estimate": clip["joint"], **clip_nb},
+        "neighbours": {"estimate": clip["neighbours"], **clip_nb},
+    }
+    bd = bridge.bank_descriptors
+    if bd is None or not bridge.ridges:
+        return out
+    be = bridge.bank_elements
+    colour = KnnRegressor().fit(bd[:, :15], be)
+    est, spread = colour.predict(descriptors.colour, return_spread=True)
+    out["colour_knn"] = {"estimate": est, "spread": spread, "level": est}
+    level, spread = KnnRegressor().fit(bd, be).predict(descriptors.both, return_spread=True)
+    out["descriptor_ridge"] = {"estimate": bridge.ridges["descriptor_ridge"].predict(descriptors.both),
+                               "spread": spread, "level": level}
+    feats = np.concatenate([np.asarray(vectors, np.float64), descriptors.both], axis=1)
+    out["stack"] = {"estimate": bridge.ridges["stack"].predict(feats), **clip_nb}
+    for m in out.values():
+        m["estimate"] = np.clip(m["estimate"], 0, None).astype(np.float32)  # intensities are not negative
+    return out
+
+
+def _require_head(bridge) -> None:
+    if bridge.head is None:
+        raise NightwatchError(
+            f"Spectrum encoder {bridge.encoder_id} was trained without element maps, so it has no inverse; fit element "
+            "maps (nightwatch xrf-maps) and retrain (nightwatch train-xrf)."
+        )
+
+
+@writes(layout.PREDICTED, "nightwatch predict-xrf")
 def predict_xrf_maps(
     store,
     *,
@@ -124,24 +158,36 @@ def predict_xrf_maps(
     Returns
     -------
     dict
-        name, elements, per-element validation on held-out blocks (Pearson r and
-        SSIM for the head and the joint-space estimate), flagged fractions.
+        name, elements, per-element figures on the held-out test blocks: Pearson r
+        and SSIM of the kept method (``r``, ``ssim``) and of the best baseline
+        (``r_baseline``, ``ssim_baseline``), the skill over it (``skill``), every
+        method's ``r_<method>`` / ``ssim_<method>`` / ``val_r_<method>``, the
+        evidence flag (from the same ``r``), flagged fractions.
     """
     from ...core.jsonutil import jsonable
     from ...io.ngff import write_image_metadata
     from ...xrf.pairing import footprint_matrix, load_element_intensity_maps
+    from ..embed import tile_reader
+    from .baselines import tile_descriptors
 
     store.require_writable()
     bridge = load_xrf_bridge(store, encoder_id, grid_id=grid_id)
     if grid_id is not None and grid_id != bridge.grid_id:
         raise NightwatchError(f"Spectrum encoder {bridge.encoder_id} was trained on grid {bridge.grid_id}, not {grid_id}.")
+    _require_head(bridge)
+    if not bridge.selection:
+        raise NightwatchError(
+            f"Spectrum encoder {bridge.encoder_id} was trained before the baselines were part of the bridge; "
+            "retrain it with `nightwatch train-xrf`."
+        )
     emb = open_tile_embeddings(store, bridge.grid_id, bridge.image_model_id)
     grid = emb.grid
     tiles = emb.available
     report(progress, 0, 3, "predict-xrf")
     vectors = emb.read(tiles)
     bank_img = emb.read(bridge.bank_tiles)
-    pred = predict_elements(bridge, vectors, bank_img, k=k)
+    desc = tile_descriptors(tile_reader(store, grid), tiles)
+    est = method_estimates(bridge, vectors, bank_img, desc, k=k)
     report(progress, 1, 3, "predict-xrf")
     names = bridge.element_names
     c = len(names)
@@ -158,64 +204,81 @@ def predict_xrf_maps(
     split = bridge.split
     pos = np.full(grid.n_tiles, -1, np.int64)
     pos[tiles] = np.arange(tiles.size)
-
     val_tiles = np.flatnonzero((split == VAL) & (pos >= 0))
     test_tiles = np.flatnonzero((split == TEST) & (pos >= 0))
     train_meas = measured[bridge.bank_tiles]
     typical = np.nanpercentile(train_meas, 95, axis=0) - np.nanpercentile(train_meas, 5, axis=0)
     typical = np.maximum(typical, 1e-12)
-    # element-level evidence: leave-block-out predictability on the training tiles
-    bt = bridge.attrs["split"]["block_tiles"]
-    r_, c_ = grid.row_col(bridge.bank_tiles)
-    blocks = (r_ // bt) * (-(-grid.n_cols // bt)) + c_ // bt
-    cv_r = leave_block_out_r(bank_img, bridge.bank_elements, blocks, k=k, inv_t=1.0 / max(bridge.temperature, 1e-3))
-    element_ok = np.array([r is not None and r >= MIN_ELEMENT_R for r in cv_r])
-    # spread among look-alikes relative to their own level (a lead ground present under
-    # half of a colour is a 50 % spread whatever lead white paint elsewhere reaches),
-    # floored at a fifth of the element's typical range so counting noise around zero
-    # in tiles without the element does not count as "no evidence"
-    rel_spread = pred["spread"] / np.maximum(pred["neighbours"], 0.2 * typical[None])
-    no_evidence = (rel_spread > MAX_RELATIVE_SPREAD) | ~element_ok[None]
 
-    # the map written is, per element, the estimate that did best on the validation
-    # tiles (never the test tiles reported below)
-    methods = ("head", "joint", "neighbours")
-    val_r = {m: [pearson_r(pred[m][pos[val_tiles], i], measured[val_tiles, i]) for i in range(c)] for m in methods}
-    chosen = []
-    for i in range(c):
-        scores = [(val_r[m][i] if val_r[m][i] is not None else -np.inf) for m in methods]
-        chosen.append(methods[int(np.argmax(scores))] if np.isfinite(max(scores)) else "head")
-    pred["best"] = np.stack([pred[chosen[i]][:, i] for i in range(c)], 1) if c else pred["head"]
-    # calibrate the uncertainty with the chosen estimate's error on the validation
-    # tiles (held out from training, never the test tiles): ensemble and neighbour
-    # spreads alone miss what all members and look-alikes get wrong together
-    resid = pred["best"][pos[val_tiles]] - measured[val_tiles]
+    # the blend: the stored non-negative weights of each element over the candidates; its
+    # spread is that of its largest-weight member
+    blend = {"estimate": np.zeros((len(tiles), c), np.float32), "spread": np.zeros((len(tiles), c), np.float32),
+             "level": np.zeros((len(tiles), c), np.float32)}
+    for i, el in enumerate(names):
+        bl = bridge.selection[el].get("blend") or {"weights": {"colour_knn": 1.0}, "intercept": 0.0}
+        blend["estimate"][:, i] = bl["intercept"] + sum(w * est[m]["estimate"][:, i] for m, w in bl["weights"].items())
+        lead = max(bl["weights"], key=lambda m: bl["weights"][m])
+        blend["spread"][:, i], blend["level"][:, i] = est[lead]["spread"][:, i], est[lead]["level"][:, i]
+    blend["estimate"] = np.clip(blend["estimate"], 0, None)
+    est["blend"] = blend
+    # the map written is, per element, the method kept at training time by its spatially
+    # cross-validated r inside the training area (bridge.selection); test tiles only report
+    chosen = [bridge.selection[el]["method"] for el in names]
+    pick = {key: np.stack([est[chosen[i]][key][:, i] for i in range(c)], 1) for key in ("estimate", "spread", "level")}
+    best = pick["estimate"]
+    # calibrate the uncertainty with the kept estimate's error on the validation tiles
+    # (held out from training, never the test tiles): the look-alike spread alone misses
+    # what all look-alikes get wrong together; the head adds its members' disagreement
+    resid = best[pos[val_tiles]] - measured[val_tiles]
     val_rms = np.sqrt(np.nanmean(resid**2, axis=0)) if len(val_tiles) else np.zeros(c)
-    pred["uncertainty"] = np.sqrt(pred["uncertainty"] ** 2 + np.nan_to_num(val_rms)[None] ** 2).astype(np.float32)
+    ens = np.stack([est["head"]["ens_sd"][:, i] if chosen[i] == "head" else np.zeros(len(tiles)) for i in range(c)], 1)
+    uncertainty = np.sqrt(ens**2 + pick["spread"] ** 2 + np.nan_to_num(val_rms)[None] ** 2).astype(np.float32)
 
     validation: dict[str, Any] = {}
     rows_cols = grid.shape
     held = np.zeros(grid.n_tiles, bool)
     held[test_tiles] = True
     held_map = held.reshape(rows_cols)
+    bt = bridge.attrs["split"]["block_tiles"]
+    element_ok = np.zeros(c, bool)
     for i, el in enumerate(names):
+        sel = bridge.selection[el]
         m_map = measured[:, i].reshape(rows_cols)
-        entry: dict[str, Any] = {"method": chosen[i], "evidence": bool(element_ok[i]), "cv_r": cv_r[i],
-                                 "val_rms": float(np.nan_to_num(val_rms[i]))}
-        for method in ("best",) + methods:
+        entry: dict[str, Any] = {"method": chosen[i], "baseline": sel["baseline"], "val_r": sel["val_r"],
+                                 "val_r_baseline": sel["val_r_baseline"], "val_rms": float(np.nan_to_num(val_rms[i]))}
+        for method in est:
             p_full = np.full(grid.n_tiles, np.nan, np.float32)
-            p_full[tiles] = pred[method][:, i]
-            key = "" if method == "best" else f"_{method}"
-            entry[f"r{key}"] = pearson_r(p_full[test_tiles], measured[test_tiles, i])
-            entry[f"ssim{key}"] = block_ssim(m_map, p_full.reshape(rows_cols), held_map, bt)
-            if method != "best":
-                entry[f"val_r{key}"] = val_r[method][i]
-        flagged = no_evidence[pos[test_tiles], i]
-        entry["flagged_fraction"] = float(flagged.mean()) if flagged.size else None
-        entry["r_unflagged"] = pearson_r(pred["best"][pos[test_tiles][~flagged], i], measured[test_tiles[~flagged], i])
+            p_full[tiles] = est[method]["estimate"][:, i]
+            entry[f"r_{method}"] = pearson_r(p_full[test_tiles], measured[test_tiles, i])
+            entry[f"ssim_{method}"] = block_ssim(m_map, p_full.reshape(rows_cols), held_map, bt)
+            entry[f"val_r_{method}"] = sel.get("val_r_all", {}).get(method)
+        for key, method in (("", chosen[i]), ("_baseline", sel["baseline"])):
+            entry[f"r{key}"], entry[f"ssim{key}"] = entry[f"r_{method}"], entry[f"ssim_{method}"]
+        entry["skill"] = None if entry["r"] is None or entry["r_baseline"] is None else entry["r"] - entry["r_baseline"]
+        entry["skill_ssim"] = (None if entry["ssim"] is None or entry["ssim_baseline"] is None
+                               else entry["ssim"] - entry["ssim_baseline"])
+        # one evidence rule: the held-out r shown above (validation r where the test
+        # blocks are too few to give one)
+        shown = entry["r"] if test_tiles.size >= MIN_TEST_TILES and entry["r"] is not None else entry["val_r"]
+        entry["evidence_r"] = shown
+        element_ok[i] = shown is not None and shown >= MIN_ELEMENT_R
+        entry["evidence"] = bool(element_ok[i])
         entry["n_test"] = int(test_tiles.size)
         validation[el] = entry
+    # spread among look-alikes (in the kept method's features) relative to their own
+    # level (a lead ground present under half of a colour is a 50 % spread whatever lead
+    # white paint elsewhere reaches), floored at a fifth of the element's typical range
+    # so counting noise around zero in tiles without the element does not count
+    rel_spread = pick["spread"] / np.maximum(pick["level"], 0.2 * typical[None])
+    no_evidence = (rel_spread > MAX_RELATIVE_SPREAD) | ~element_ok[None]
+    for i, el in enumerate(names):
+        flagged = no_evidence[pos[test_tiles], i]
+        validation[el]["flagged_fraction"] = float(flagged.mean()) if flagged.size else None
+        validation[el]["r_unflagged"] = pearson_r(best[pos[test_tiles][~flagged], i], measured[test_tiles[~flagged], i])
     report(progress, 2, 3, "predict-xrf")
+    pred = {"best": best, "head": est["head"]["estimate"], "joint": est["joint"]["estimate"],
+            "baseline": np.stack([est[bridge.selection[el]["baseline"]]["estimate"][:, i] for i, el in enumerate(names)], 1),
+            "uncertainty": uncertainty}
 
     name = name or bridge.encoder_id
     part = f"predicted/{name}"
@@ -229,10 +292,14 @@ def predict_xrf_maps(
         "grid": grid.to_attrs(),
         "map_transform": {"scale": list(scale), "translate": list(translate), "units": "level-0 mosaic pixels"},
         "validation": validation,
-        "no_evidence_rule": {"min_element_cv_r": MIN_ELEMENT_R, "max_relative_spread": MAX_RELATIVE_SPREAD, "k": k},
+        "no_evidence_rule": {"min_element_r": MIN_ELEMENT_R, "min_test_tiles": MIN_TEST_TILES,
+                             "max_relative_spread": MAX_RELATIVE_SPREAD, "k": k,
+                             "rule": "no evidence for an element where its shown held-out r < min_element_r; "
+                                     "per tile where look-alikes' measured values spread > max_relative_spread"},
         "methods": dict(zip(names, chosen, strict=True)),
         "arrays": {"0": "best estimate per element (see methods)", "head": "regression head",
-                   "joint": "joint-space prediction", "uncertainty": "one standard deviation",
+                   "joint": "joint-space prediction", "baseline": "best baseline per element",
+                   "uncertainty": "one standard deviation",
                    "no_evidence": "1 = no evidence in the photograph", "measured": "paired measurement",
                    "split": "-1 unpaired or left out (overlaps a held-out tile), 0 train, 1 val, 2 test"},
     }
@@ -250,6 +317,7 @@ def predict_xrf_maps(
         put("0", pred["best"], np.float32, np.nan)
         put("head", pred["head"], np.float32, np.nan)
         put("joint", pred["joint"], np.float32, np.nan)
+        put("baseline", pred["baseline"], np.float32, np.nan)
         put("uncertainty", pred["uncertainty"], np.float32, np.nan)
         put("no_evidence", no_evidence.astype(np.uint8), np.uint8, 1)
         put("measured", measured[tiles], np.float32, np.nan)
@@ -269,7 +337,7 @@ def predict_xrf_maps(
             "validation": validation}
 
 
-def export_predicted_maps(store, name: str | None, out_dir: str | Path) -> list[str]:
+def export_predicted_maps(store, name: str | None, out_dir: str | Path, *, overwrite: bool = False) -> list[str]:
     """Write one float32 TIFF per predicted element (``Pb-L.tif``) plus a JSON sidecar.
 
     The sidecar (``predicted_maps.json``) gives the grid's origin and step in
@@ -280,19 +348,16 @@ def export_predicted_maps(store, name: str | None, out_dir: str | Path) -> list[
 
     import tifffile
 
-    if not store.has("predicted"):
-        raise NightwatchError(f"{store.path} has no predicted maps yet; run `nightwatch predict-xrf`.")
-    done = store.completed()  # one read of the records, not one per set of maps
-    names = sorted(n for n, _ in store.root[layout.PREDICTED].groups() if layout.predicted(n) in done)
-    if name is None:
-        if not names:
-            raise NightwatchError(f"{store.path} has no complete predicted maps; run `nightwatch predict-xrf`.")
-        name = names[-1]
-    if name not in names:
-        raise NightwatchError(f"{store.path} has no predicted maps {name!r}; it has {', '.join(names) or 'none'}.")
+    name = _predicted_name(store, name)
     g = store.root[f"predicted/{name}"]
     attrs = dict(g.attrs["nightwatch"])
-    out = Path(out_dir)
+    from ...core.paths import check_export_folder, check_targets, safe_file_stem
+
+    out = check_export_folder(out_dir)
+    # names from the store's attributes are checked before anything is written (a crafted '../../x' stays out)
+    stems = [safe_file_stem(el, "Element family") for el in attrs["elements"]]
+    check_targets([out / f"{el}{sfx}.tif" for el in stems for sfx in ("", "_uncertainty", "_no_evidence")]
+                  + [out / "scan_here_next.tif", out / "predicted_maps.json"], overwrite)
     out.mkdir(parents=True, exist_ok=True)
     data = np.asarray(g["0"][...], np.float32)
     unc = np.asarray(g["uncertainty"][...], np.float32)
@@ -304,6 +369,9 @@ def export_predicted_maps(store, name: str | None, out_dir: str | Path) -> list[
         tifffile.imwrite(out / f"{el}_uncertainty.tif", unc[i])
         tifffile.imwrite(out / f"{el}_no_evidence.tif", flags[i])
         written.append(str(p))
+    scan, _ = scan_next_map(store, name)
+    tifffile.imwrite(out / "scan_here_next.tif", scan)
+    written.append(str(out / "scan_here_next.tif"))
     mt = attrs["map_transform"]
     sidecar = {
         "name": name,
@@ -316,7 +384,69 @@ def export_predicted_maps(store, name: str | None, out_dir: str | Path) -> list[
         "encoder_id": attrs["encoder_id"],
         "image_model_id": attrs["image_model_id"],
         "validation": attrs["validation"],
+        "methods": attrs.get("methods"),
+        "no_evidence_rule": attrs.get("no_evidence_rule"),
+        "scan_here_next": "scan_here_next.tif: per tile 0-1, 1 = the photograph cannot tell the composition "
+                          "(no evidence, or uncertainty at least the element's typical range)",
     }
     (out / "predicted_maps.json").write_text(json.dumps(sidecar, indent=1))
     written.append(str(out / "predicted_maps.json"))
     return written
+
+
+def scan_next_map(store, name: str | None = None) -> tuple[np.ndarray, dict]:
+    """Where the photograph cannot tell the composition: a map to plan the next MA-XRF scan.
+
+    Per tile, the largest over elements of: 1 where the tile is flagged "no evidence"
+    for the element, else its predicted uncertainty as a fraction of the element's
+    typical range (5th-95th percentile of the measured training tiles), clipped to 1.
+
+    Parameters
+    ----------
+    store
+        Painting store with predicted maps (:func:`predict_xrf_maps`).
+    name
+        Which predicted maps (default: the newest complete ones).
+
+    Returns
+    -------
+    map, info
+        ``(rows, cols)`` float32 in 0-1 on the tile grid (NaN where no tile), and
+        ``{"name", "map_transform", "elements", "driver"}`` where ``driver`` is the
+        ``(rows, cols)`` int16 index of the element that sets each tile's score.
+    """
+    name = _predicted_name(store, name)
+    g = store.root[f"predicted/{name}"]
+    attrs = dict(g.attrs["nightwatch"])
+    unc = np.asarray(g["uncertainty"][...], np.float64)
+    flags = np.asarray(g["no_evidence"][...], np.uint8)
+    meas = np.asarray(g["measured"][...], np.float64)
+    split = np.asarray(g["split"][...])
+    train = split == 0
+    per_el = np.empty_like(unc)
+    for i in range(unc.shape[0]):
+        m = meas[i][train & np.isfinite(meas[i])]
+        typical = max(float(np.percentile(m, 95) - np.percentile(m, 5)), 1e-12) if m.size else 1.0
+        per_el[i] = np.where(flags[i] > 0, 1.0, np.clip(unc[i] / typical, 0.0, 1.0))
+    per_el[:, np.isnan(unc).all(0)] = np.nan
+    valid = ~np.isnan(per_el).all(0)
+    score = np.full(unc.shape[1:], np.nan, np.float32)
+    driver = np.full(unc.shape[1:], -1, np.int16)
+    score[valid] = np.nanmax(per_el[:, valid], axis=0)
+    driver[valid] = np.nanargmax(per_el[:, valid], axis=0)
+    return score, {"name": name, "map_transform": attrs["map_transform"], "elements": attrs["elements"],
+                   "driver": driver}
+
+
+def _predicted_name(store, name: str | None) -> str:
+    if not store.has("predicted"):
+        raise NightwatchError(f"{store.path} has no predicted maps yet; run `nightwatch predict-xrf`.")
+    done = store.completed()  # one read of the records, not one per set of maps
+    names = sorted(n for n, _ in store.root[layout.PREDICTED].groups() if layout.predicted(n) in done)
+    if name is None:
+        if not names:
+            raise NightwatchError(f"{store.path} has no complete predicted maps; run `nightwatch predict-xrf`.")
+        return names[-1]
+    if name not in names:
+        raise NightwatchError(f"{store.path} has no predicted maps {name!r}; it has {', '.join(names) or 'none'}.")
+    return name

@@ -11,6 +11,8 @@ import numpy as np
 
 from ...core.errors import NightwatchError
 from ...core.progress import ProgressCallback, report
+from ...store import layout
+from ...store.painting import writes
 from ..spectrum_encoder import SpectrumEncoderConfig
 from .models import build_head, encode_in_batches, open_tile_embeddings
 from .split import TEST, TRAIN, UNPAIRED, VAL, spatial_block_split
@@ -135,6 +137,114 @@ def _train_head(v_tr, e_tr, v_va, e_va, *, epochs=600, lr=3e-3, patience=60, see
     return head
 
 
+#: folds of the spatial cross-validation that chooses the method per element
+CV_FOLDS = 5
+
+#: methods the cross-validation chooses from (and "blend", their non-negative stack); the
+#: joint-space estimate is reported but
+#: not a candidate: its spectrum encoder was trained on every training tile, so it
+#: cannot be refitted without a held-out fold's spectra at the cost of one encoder per fold
+CANDIDATES = ("head", "neighbours", "stack", "colour_knn", "descriptor_ridge")
+
+
+def _tile_blocks(grid, tiles: np.ndarray, block_tiles: int) -> np.ndarray:
+    r, c = grid.row_col(tiles)
+    return (r // block_tiles) * (-(-grid.n_cols // block_tiles)) + c // block_tiles
+
+
+def _fit_descriptor_models(vectors, desc_both, y, blocks, seed):
+    from .baselines import RidgeRegressor
+
+    y = np.asarray(y, np.float64)
+    return {
+        "descriptor_ridge": RidgeRegressor().fit(desc_both, y, blocks, seed=seed),
+        "stack": RidgeRegressor().fit(np.concatenate([np.asarray(vectors, np.float64), desc_both], 1), y, blocks,
+                                      seed=seed),
+    }
+
+
+def _choose_per_element(store, grid, tiles, split, vectors, elements, z_all, head, temperature, names, block_tiles,
+                        seed):
+    """Fit the descriptor models on the training tiles and keep, per element, the method
+    with the best spatially cross-validated r inside the training area (baselines
+    included, so the kept method never validates worse than the best baseline).
+
+    The cross-validation runs over the training and validation tiles (never the test
+    tiles): whole spatial blocks form :data:`CV_FOLDS` folds; for each fold every
+    candidate (the head ensemble too, retrained with early stopping on a block split of
+    the other folds) is fitted on the other folds and predicts the fold; the r of the
+    pooled out-of-fold predictions scores it.
+
+    Returns the selection (element -> method, cross-validated r of every method, best
+    baseline), the ridge arrays to save, and the training tiles' descriptors.
+    """
+    from types import SimpleNamespace
+
+    from ...xrf.metrics import pearson_r
+    from ..embed import tile_reader
+    from .baselines import (
+        TileDescriptors,
+        block_folds,
+        choose_methods,
+        cross_fitted_blend,
+        fit_blend,
+        tile_descriptors,
+    )
+    from .predict import method_estimates
+
+    tr, va = split == TRAIN, split == VAL
+    desc = tile_descriptors(tile_reader(store, grid), tiles)
+    ridges = _fit_descriptor_models(vectors[tr], desc.both[tr], elements[tr], _tile_blocks(grid, tiles[tr], block_tiles),
+                                    seed)
+    # spatial cross-validation inside the training area
+    region = np.flatnonzero(tr | va)
+    blocks = _tile_blocks(grid, tiles[region], block_tiles)
+    folds = block_folds(blocks, CV_FOLDS, seed)
+    oof = {m: np.full((region.size, len(names)), np.nan) for m in CANDIDATES}
+    rng = np.random.default_rng(seed)
+    for f in np.unique(folds):
+        held, fit = region[folds == f], region[folds != f]
+        fit_blocks = blocks[folds != f]
+        ub = np.unique(fit_blocks)
+        inner_val = np.isin(fit_blocks, rng.choice(ub, max(1, ub.size // 5), replace=False))
+        if held.size == 0 or (~inner_val).sum() < 4 or inner_val.sum() < 2:
+            continue
+        # a shorter schedule than the final head's (at most 250 epochs, not 600): one head
+        # per fold would otherwise dominate the training time. Its cross-validated r may
+        # understate the final head a little, which only biases the choice towards the
+        # other methods, never towards a method that did not earn it
+        f_head = _train_head(vectors[fit[~inner_val]], elements[fit[~inner_val]], vectors[fit[inner_val]],
+                             elements[fit[inner_val]], seed=seed, epochs=250, patience=40)
+        bank = SimpleNamespace(head=f_head, temperature=temperature, bank_vectors=z_all[fit], bank_elements=elements[fit],
+                               bank_descriptors=desc.both[fit],
+                               ridges=_fit_descriptor_models(vectors[fit], desc.both[fit], elements[fit], fit_blocks, seed))
+        est = method_estimates(bank, vectors[held], vectors[fit], TileDescriptors(desc.colour[held], desc.texture[held]))
+        for m in CANDIDATES:
+            oof[m][folds == f] = est[m]["estimate"]
+    meas = elements[region].astype(np.float64)
+    done = np.all([np.isfinite(oof[m]).all(1) for m in CANDIDATES], axis=0)
+    cv_r = {m: [pearson_r(oof[m][done, i], meas[done, i]) for i in range(len(names))] for m in CANDIDATES}
+    # the blend: non-negative stacking of every candidate, scored by its own cross-fitted
+    # out-of-fold predictions (weights fitted without the fold they predict)
+    cv_r["blend"], blends = [], []
+    for i in range(len(names)):
+        if done.sum() < 3:  # too few tiles in the training area for any fold to predict: no blend
+            cv_r["blend"].append(None)
+            blends.append(None)
+            continue
+        p = np.stack([oof[m][done, i] for m in CANDIDATES], 1)
+        cv_r["blend"].append(pearson_r(cross_fitted_blend(p, meas[done, i], folds[done]), meas[done, i]))
+        w, b = fit_blend(p, meas[done, i])
+        blends.append({"weights": dict(zip(CANDIDATES, (float(v) for v in w), strict=True)), "intercept": b})
+    selection = choose_methods(cv_r, names)
+    for i, el in enumerate(names):
+        selection[el]["val_r_all"] = {m: cv_r[m][i] for m in cv_r}
+        selection[el]["blend"] = blends[i]
+        selection[el]["validation"] = f"{CV_FOLDS}-fold spatial block cross-validation inside the training area"
+    return selection, {m: rg.to_arrays() for m, rg in ridges.items()}, desc.both[tr]
+
+
+@writes(layout.MODELS, "nightwatch train-xrf")
 def train_xrf_bridge(
     store,
     *,
@@ -258,9 +368,14 @@ def _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, bloc
     z_all = encode_in_batches(model, x)
     val_sim, val_recall = _neighbour_similarity(z_all[va], vectors[va])
     head = None
+    selection, baseline_arrays, bank_desc = None, {}, None
     if elements is not None:
         report(progress, 0, 1, "train-xrf: inverse head")
         head = _train_head(vectors[tr], elements[tr], vectors[va], elements[va], seed=seed)
+        report(progress, 0, 1, "train-xrf: baselines and choice per element")
+        selection, baseline_arrays, bank_desc = _choose_per_element(
+            store, grid, tiles, split, vectors, elements, z_all, head, float(1 / model.logit_scale.detach().exp()),
+            list(names), block_tiles, seed)
     enc_hash = state_dict_hash(model)
     encoder_id = f"xrf-{cfg.input_kind}__{emb.model_id}__{enc_hash[:8]}"
     full_split = np.full(grid.n_tiles, UNPAIRED, np.int8)
@@ -277,6 +392,7 @@ def _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, bloc
         "split": {"block_tiles": block_tiles, "train_region": train_region, "seed": seed,
                   "n_train": int(tr.sum()), "n_val": int(va.sum()), "n_test": int((split == TEST).sum())},
         "element_names": list(names or []),
+        "selection": selection,
         "xrf_kind": kind,
         "xrf_affine": store.xrf_affine.tolist(),
         "training": {"epochs_max": epochs, "epochs_run": len(history), "best_epoch": best_epoch,
@@ -302,6 +418,12 @@ def _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, bloc
         if head is not None:
             put("head", np.frombuffer(to_safetensors_bytes(head), np.uint8))
             put("bank_elements", elements[bank].astype(np.float32))
+            put("bank_descriptors", bank_desc.astype(np.float64))
+            for method, arrays in baseline_arrays.items():
+                sub = g.create_group(f"baselines/{method}")
+                for key, arr in arrays.items():
+                    a = np.asarray(arr, np.float64)
+                    sub.create_array(key, shape=a.shape, dtype=a.dtype, chunks=a.shape if a.size else None)[...] = a
         g.attrs["nightwatch"] = jsonable(attrs)
         store.mark_complete(
             part, image_model_id=emb.model_id, image_signature=emb.signature, grid_id=emb.grid_id,
@@ -323,5 +445,6 @@ def _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, bloc
         "final_loss": history[-1]["loss"],
         "validation": attrs["validation"],
         "elements": list(names or []),
+        "selection": selection,
         "seconds": attrs["training"]["seconds"],
     }

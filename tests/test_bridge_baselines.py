@@ -1,0 +1,264 @@
+"""Baselines inside the XRF bridge (issue 13): the descriptors and regressors with exact
+answers, the per-element choice, one evidence rule, and the metamer painting on which
+colour alone cannot tell the composition.
+
+The metamer store: synthetic painting with metamers (512 px, 64 x 64 XRF pixels),
+fitted element maps, automatic registration, 16-px tiles embedded by the tiny CLIP
+config at random weights (weak image features, as on a real painting without
+pretrained weights), one training run (30 encoder epochs) and one prediction.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_nightwatch.ml.bridge.baselines import (
+    BASELINES,
+    KnnRegressor,
+    RidgeRegressor,
+    choose_methods,
+    colour_statistics,
+    texture_descriptors,
+)
+
+#: elements whose pigments have a metamer of another composition in the metamer painting
+METAMER_ELEMENTS = ("Hg-L", "Cu-K", "Co-K")
+
+
+# ------------------------------------------------------------------------------- units
+def test_colour_statistics_are_exact():
+    tiles = np.zeros((2, 4, 4, 3), np.uint8)
+    tiles[0] = 51  # 0.2 everywhere
+    tiles[1, :, :, 0] = np.arange(16).reshape(4, 4) * 17  # 0 .. 255 in 16 steps
+    f = colour_statistics(tiles)
+    assert f.shape == (2, 15)
+    np.testing.assert_allclose(f[0], [0.2] * 3 + [0] * 3 + [0.2] * 9, atol=1e-12)  # float64 arithmetic only
+    ramp = np.arange(16) / 15.0
+    np.testing.assert_allclose(f[1, [0, 3, 6, 9, 12]],
+                               [ramp.mean(), ramp.std(), *np.percentile(ramp, [10, 50, 90])], atol=1e-12)
+
+
+def test_texture_tells_flakes_from_round_grains_of_one_colour():
+    from skimage.draw import disk, ellipse
+
+    rng = np.random.default_rng(0)
+    round_, flake = np.full((8, 32, 32, 3), 120, np.uint8), np.full((8, 32, 32, 3), 120, np.uint8)
+    for i in range(8):
+        for _ in range(6):
+            y, x = rng.integers(4, 28, 2)
+            round_[i][disk((y, x), 2.5, shape=(32, 32))] = 200
+            flake[i][ellipse(y, x, 1.0, 5.0, shape=(32, 32))] = 200
+    c_r, c_f = colour_statistics(round_), colour_statistics(flake)
+    t_r, t_f = texture_descriptors(round_), texture_descriptors(flake)
+    # mean colour within 0.05 of each other (same grey, similar particle area), yet the
+    # coherence of the tile's mean structure tensor (column 25) of the horizontal flakes
+    # is clearly higher: one direction over the whole tile
+    assert np.abs(c_r[:, 0].mean() - c_f[:, 0].mean()) < 0.05
+    assert t_f[:, 25].min() > t_r[:, 25].max()
+
+
+def test_knn_uses_inverse_distance_weights():
+    x = np.array([[0.0], [1.0], [3.0]])
+    y = np.array([[0.0], [10.0], [30.0]])
+    m = KnnRegressor(k=2).fit(x, y)
+    # features are standardised first; inverse-distance weights do not depend on that scale
+    q = np.array([[0.5]])
+    mean, spread = m.predict(q, return_spread=True)
+    # neighbours 0 and 1 at equal distance: equal weights
+    np.testing.assert_allclose(mean, [[5.0]], atol=1e-12)  # float64, two exact terms
+    np.testing.assert_allclose(spread, [[5.0]], atol=1e-12)
+    q = np.array([[0.75]])  # distances 0.75 and 0.25: weights 1/4 and 3/4
+    np.testing.assert_allclose(m.predict(q), [[7.5]], atol=1e-12)
+    # round trip through the saved arrays
+    again = KnnRegressor.from_arrays(m.to_arrays())
+    np.testing.assert_allclose(again.predict(q), m.predict(q), atol=0)
+
+
+def test_ridge_recovers_a_linear_map_and_picks_a_small_penalty():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, 6))
+    b = rng.standard_normal((6, 2))
+    y = x @ b + 3.0 + 0.01 * rng.standard_normal((400, 2))
+    blocks = np.arange(400) // 20
+    m = RidgeRegressor().fit(x, y, blocks)
+    # noise 0.01: the cross-validation keeps the smallest penalties, and the fit is the map
+    assert (m.alpha_ <= 1.0).all()
+    np.testing.assert_allclose(m.predict(x[:5]), (x[:5] @ b + 3.0), atol=0.02)  # 2x the noise
+    again = RidgeRegressor.from_arrays(m.to_arrays())
+    np.testing.assert_allclose(again.predict(x), m.predict(x), atol=0)
+
+
+def test_choice_never_keeps_a_method_that_validates_worse_than_the_best_baseline():
+    rng = np.random.default_rng(2)
+    methods = list(BASELINES) + ["head", "stack", "joint"]
+    for _ in range(200):
+        val_r = {m: list(rng.uniform(-1, 1, 3)) for m in methods}
+        val_r["head"][1] = None  # undefined r never wins
+        for s in choose_methods(val_r, ["a", "b", "c"]).values():
+            assert s["val_r"] >= s["val_r_baseline"]
+            assert s["val_skill"] >= 0
+            assert s["baseline"] in BASELINES
+    # a tie keeps the baseline (the simpler explanation)
+    tie = choose_methods({"colour_knn": [0.5], "descriptor_ridge": [0.2], "stack": [0.5]}, ["x"])
+    assert tie["x"]["method"] == "colour_knn"
+    # the blend is kept when it validates at least as well as the best baseline, else the best method
+    r = {"colour_knn": [0.6, 0.6], "descriptor_ridge": [0.5, 0.5], "stack": [0.7, 0.7], "blend": [0.65, 0.55]}
+    got = choose_methods(r, ["a", "b"])
+    assert got["a"]["method"] == "blend" and got["b"]["method"] == "stack"
+    assert choose_methods(r, ["a", "b"], prefer=None)["a"]["method"] == "stack"
+
+
+def test_blend_weights_are_non_negative_least_squares():
+    from napari_nightwatch.ml.bridge.baselines import cross_fitted_blend, fit_blend
+
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal((300, 3))
+    y = 2.0 + 0.7 * p[:, 0] + 0.3 * p[:, 1]  # exactly a non-negative combination
+    w, b = fit_blend(p, y)
+    np.testing.assert_allclose(w, [0.7, 0.3, 0.0], atol=1e-9)  # float64 least squares, exact data
+    assert b == pytest.approx(2.0, abs=1e-9)
+    # a method that enters with a negative sign gets weight 0, never a negative one
+    w, _ = fit_blend(p, 1.0 + p[:, 0] - 0.5 * p[:, 2])
+    assert w[2] == 0 and w[0] > 0.9  # p0 still carries its unit weight (within the 0.1 chance correlation of 300 draws)
+    pred = cross_fitted_blend(p, y, np.arange(300) % 5)
+    np.testing.assert_allclose(pred, y, atol=1e-9)  # exact data: every fold's weights are the same
+
+
+# ------------------------------------------------------------------------------- metamer painting
+@pytest.fixture(scope="module")
+def metamer(tmp_path_factory):
+    from _bridge_support import bridge_ready_store
+    from napari_nightwatch.ml import bridge as B
+    from napari_nightwatch.ml.clip import load_clip
+
+    with pytest.warns(UserWarning, match="RANDOM weights"):  # loud about meaningless weights
+        engine = load_clip("nightwatch-tiny", "none", device="cpu")
+    store, gt, _ = bridge_ready_store(tmp_path_factory.mktemp("metamer") / "m.nightwatch.zarr", size=512, seed=0,
+                                      metamers=True, engine=engine)
+    trained = B.train_xrf_bridge(store, epochs=30, threads=1)
+    predicted = B.predict_xrf_maps(store)
+    return store, gt, trained, predicted
+
+
+def test_metamer_pigments_share_a_colour(metamer):
+    from napari_nightwatch.synth import METAMER_GROUPS, load_ground_truth, pigment_index
+
+    store, gt, *_ = metamer
+    assert load_ground_truth(store).pigments[pigment_index("red lead")]["composition"] == {"Pb": 0.76}
+    img = np.asarray(store.mosaic_levels()[0]).astype(np.float64)
+    means = {}
+    for members, rgb, _ in METAMER_GROUPS.values():
+        for m in members:
+            assert gt.pigments[pigment_index(m)]["rgb"] == list(rgb)
+            sel = gt.surface_labels == pigment_index(m)
+            assert sel.sum() > 2000, m  # each metamer is painted over a few thousand pixels
+            means[m] = img[sel].mean(0)
+    # mean photographed colours of a group's members within 20 of 255 per channel: the body
+    # and particle colours are identical, but varnish and lighting vary across the painting
+    # and the optics blur thin shards more than round grains (red ochre measured 16 darker)
+    for members, *_ in METAMER_GROUPS.values():
+        for a in members[1:]:
+            assert np.abs(means[a] - means[members[0]]).max() < 20, (a, means[a], means[members[0]])
+
+
+def test_colour_baseline_loses_on_the_metamer_elements(metamer):
+    """Fails if the predictor is replaced by the colour-statistics kNN."""
+    store, gt, trained, predicted = metamer
+    val = predicted["validation"]
+    rows = []
+    for el in METAMER_ELEMENTS:
+        v = val[el]
+        rows.append(v["r"] - v["r_colour_knn"])
+        print(f"\n{el}: kept {v['method']} r={v['r']:.3f}, colour kNN r={v['r_colour_knn']:.3f}, "
+              f"colour+texture ridge r={v['r_descriptor_ridge']:.3f}, CLIP head r={v['r_head']:.3f}")
+        assert v["method"] != "colour_knn", el
+        assert v["r"] >= v["r_colour_knn"], el
+    # mean held-out gain over colour statistics on the metamer elements; measured 0.10,
+    # 0.05 is about half of it, above what seed-to-seed changes of the split move
+    assert np.mean(rows) >= 0.05, rows
+
+
+def test_kept_method_and_best_baseline_are_reported_everywhere(metamer, tmp_path, capsys):
+    from napari_nightwatch.cli import main
+    from napari_nightwatch.ml.bridge import MIN_ELEMENT_R
+
+    store, gt, trained, predicted = metamer
+    sel = store.node_attrs(f"models/{trained['encoder_id']}")["selection"]
+    assert trained["selection"] == sel
+    for s in sel.values():
+        assert s["val_r"] is None or s["val_r_baseline"] is None or s["val_r"] >= s["val_r_baseline"]
+        assert set(s["val_r_all"]) >= set(BASELINES) | {"head", "stack"}
+    for el, v in predicted["validation"].items():
+        assert v["method"] == sel[el]["method"] and v["baseline"] == sel[el]["baseline"]
+        for key in ("r", "ssim", "r_baseline", "ssim_baseline", "skill", "val_r", "val_r_baseline"):
+            assert key in v
+        if v["r"] is not None and v["r_baseline"] is not None:
+            assert v["skill"] == pytest.approx(v["r"] - v["r_baseline"], abs=1e-12)  # same two numbers
+        # one evidence rule: the shown held-out r decides
+        assert v["evidence"] == (v["evidence_r"] is not None and v["evidence_r"] >= MIN_ELEMENT_R)
+        if v["n_test"] >= 10 and v["r"] is not None:
+            assert v["evidence_r"] == v["r"]
+        flags = np.asarray(store.root[f"predicted/{predicted['name']}/no_evidence"][list(predicted["elements"]).index(el)])
+        if not v["evidence"]:
+            assert flags.all()
+    assert any(v["evidence"] for v in predicted["validation"].values())
+    # predict-xrf --json and the sidecar carry the same figures
+    assert main(["predict-xrf", str(store.path), "--name", "again", "--export", str(tmp_path / "exp"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    side = json.loads((tmp_path / "exp" / "predicted_maps.json").read_text())
+    for el in METAMER_ELEMENTS:
+        for key in ("r", "r_baseline", "skill", "ssim", "ssim_baseline", "method", "baseline"):
+            assert out["validation"][el][key] == predicted["validation"][el][key] == side["validation"][el][key]
+
+
+def test_scan_here_next_marks_what_the_photograph_cannot_tell(metamer, tmp_path):
+    import tifffile
+
+    from napari_nightwatch.core.tiling import TileGrid
+    from napari_nightwatch.ml.bridge import scan_next_map
+    from napari_nightwatch.ml.bridge.predict import export_predicted_maps
+
+    store, gt, trained, predicted = metamer
+    score, info = scan_next_map(store, predicted["name"])
+    g = store.root[f"predicted/{predicted['name']}"]
+    grid = TileGrid.from_attrs(dict(g.attrs["nightwatch"])["grid"])
+    assert score.shape == grid.shape and np.nanmin(score) >= 0 and np.nanmax(score) <= 1
+    flags = np.asarray(g["no_evidence"]).any(0)
+    assert (score[flags] == 1).all()  # a no-evidence tile is a tile to scan
+    drivers = info["driver"][np.isfinite(score)]
+    assert (drivers >= 0).all() and (drivers < len(info["elements"])).all()
+    # the no-evidence elements drive the map where they are flagged
+    assert np.isin(info["driver"][flags], np.arange(len(info["elements"]))).all()
+    export_predicted_maps(store, predicted["name"], tmp_path)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "scan_here_next.tif"), score)
+
+
+def test_bridge_panel_shows_kept_method_beside_the_baseline_and_where_to_scan(metamer, make_napari_viewer, qtbot,
+                                                                               monkeypatch, tmp_path):
+    from napari_nightwatch._napari._qt.bridge_widget import METRIC_COLUMNS, BridgeWidget
+
+    # widgets remember settings in a per-test folder, never in the user's config
+    monkeypatch.setenv("NAPARI_NIGHTWATCH_CONFIG_DIR", str(tmp_path / "config"))
+    store, gt, trained, predicted = metamer
+    viewer = make_napari_viewer()
+    w = BridgeWidget(viewer)
+    qtbot.addWidget(w)
+    w.store_edit.setText(str(store.path))
+    w.show_prediction(predicted)
+    heads = [w.metrics_table.horizontalHeaderItem(c).text() for c in range(w.metrics_table.columnCount())]
+    assert heads == [c[0] for c in METRIC_COLUMNS] and "best baseline" in heads and "skill (r)" in heads
+    row = [w.metrics_table.item(0, c).text() for c in range(len(heads))]
+    el = row[0]
+    v = predicted["validation"][el]
+    assert row[1] == v["method"] and row[4] == v["baseline"]
+    assert row[-1] == ("yes" if v["evidence"] else "no")
+    w.scan_next_check.setChecked(True)
+    layer = [ly for ly in viewer.layers if ly.metadata.get("nightwatch_kind") == "scan_next"]
+    assert len(layer) == 1 and layer[0].visible
+    pred = next(ly for ly in viewer.layers if ly.name.startswith(f"predicted {el}"))
+    np.testing.assert_allclose([layer[0].scale, layer[0].translate], [pred.scale, pred.translate])
+    w.scan_next_check.setChecked(False)
+    assert not layer[0].visible
