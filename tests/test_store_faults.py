@@ -169,3 +169,109 @@ def test_row_shift_is_applied_once_across_a_resume(synthetic_store, tmp_path):
     np.testing.assert_array_equal(other, fresh)
     with pytest.raises(NightwatchError, match="row_shift"):
         fit_store(store, elements=fams, refine=False, row_shift=float("nan"))
+
+
+def _run_killed(code: str, point: str, timeout: float = 300) -> int:
+    """Run python ``code`` with the fault injection at ``point``; return its exit status (-9 when killed)."""
+    proc = subprocess.run([sys.executable, "-c", code], env={**ENV, "NIGHTWATCH_KILL_AT": point},
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode
+
+
+def test_xrf_maps_killed_at_a_chunk_resumes_to_the_uninterrupted_maps(synthetic_store, tmp_path):
+    from napari_nightwatch.synth import load_ground_truth
+    from napari_nightwatch.xrf.maps import fit_store, load_element_maps
+
+    fams = list(load_ground_truth(synthetic_store).families)
+    whole = copy_store(synthetic_store, tmp_path / "w.nightwatch.zarr")
+    fit_store(whole, elements=fams, refine=False, block=(16, 16), workers=1)
+    killed = copy_store(synthetic_store, tmp_path / "k.nightwatch.zarr")
+    code = ("from napari_nightwatch.store import PaintingStore\nfrom napari_nightwatch.xrf.maps import fit_store\n"
+            f"fit_store(PaintingStore.open({str(killed.path)!r}, mode='r+'), elements={fams!r}, refine=False, "
+            "block=(16, 16), workers=1, progress=lambda *a: None)\n")
+    assert _run_killed(code, "fit element maps:7") == -signal.SIGKILL
+    part = PaintingStore.open(killed.path)
+    assert not part.is_complete("xrf_maps")
+    n_done = int(np.sum(part.root["xrf_maps/done"][...]))
+    assert 7 <= n_done < 16  # finished chunks kept, not all of them
+    fit_store(PaintingStore.open(killed.path, mode="r+"), elements=fams, refine=False, block=(16, 16), workers=1)
+    np.testing.assert_array_equal(load_element_maps(killed)[1], load_element_maps(whole)[1])
+
+
+def test_index_killed_mid_build_leaves_no_index_then_builds_the_same(synthetic_store, tmp_path, capsys):
+    from _search_support import ColourTextureEncoder, write_embeddings
+    from napari_nightwatch.cli import main
+    from napari_nightwatch.search import build_index, load_index
+
+    store = copy_store(synthetic_store, tmp_path / "x.nightwatch.zarr")
+    enc = ColourTextureEncoder()
+    write_embeddings(store, enc, tile=16)
+    code = ("from napari_nightwatch.search import build_index\n"
+            f"build_index({str(store.path)!r}, 'L0-t16-s16', {enc.model_id!r}, kind='flat', "
+            "progress=lambda *a: None)\n")
+    assert _run_killed(code, "index: add:1") == -signal.SIGKILL
+    after = PaintingStore.open(store.path, mode="r+")
+    assert "grids/L0-t16-s16/index/" + enc.model_id not in after.completed()
+    assert main(["search", str(store.path), "--region", "0,0,16,16", "--json"]) == 2  # no index served
+    assert "no finished index" in capsys.readouterr().err
+    build_index(after, "L0-t16-s16", enc.model_id, kind="flat")
+    vi = load_index(after, "L0-t16-s16", enc.model_id)
+    from napari_nightwatch.store.embeddings import open_embeddings
+
+    rows = open_embeddings(after, "L0-t16-s16", enc.model_id).read(np.array([0, 100]))
+    scores, _ = vi.search(rows, 1)
+    # each stored row finds an identical row first (itself or an identical tile): float16 rows, cosine 1
+    np.testing.assert_allclose(scores[:, 0], 1.0, atol=1e-3)
+    assert vi.n_vectors == 1024
+
+
+def test_train_and_predict_killed_leave_no_half_part(tmp_path):
+    from _bridge_support import bridge_ready_store
+    from napari_nightwatch.ml.bridge import predict_xrf_maps, train_xrf_bridge
+
+    store, _, _ = bridge_ready_store(tmp_path / "b.nightwatch.zarr", size=256)
+    code = ("from napari_nightwatch.store import PaintingStore\n"
+            "from napari_nightwatch.ml.bridge import train_xrf_bridge, predict_xrf_maps\n"
+            f"s = PaintingStore.open({str(store.path)!r}, mode='r+')\n"
+            "r = train_xrf_bridge(s, epochs=5, threads=1, progress=lambda *a: None)\n"
+            "predict_xrf_maps(s, encoder_id=r['encoder_id'], progress=lambda *a: None)\n")
+    assert _run_killed(code, "train-xrf: baselines and choice per element:0") == -signal.SIGKILL
+    s = PaintingStore.open(store.path, mode="r+")
+    assert not any(p.startswith("models/") for p in s.completed())
+    assert _run_killed(code, "predict-xrf:2") == -signal.SIGKILL
+    s = PaintingStore.open(store.path, mode="r+")
+    assert any(p.startswith("models/") for p in s.completed())
+    assert not any(p.startswith("predicted/") for p in s.completed())
+    # the next run finishes, and no job lock is left behind by the killed processes
+    out = train_xrf_bridge(s, epochs=5, threads=1)
+    pred = predict_xrf_maps(s, encoder_id=out["encoder_id"])
+    assert f"predicted/{pred['name']}" in s.completed() and s.stale_parts() == {}
+
+
+def test_failed_reimports_leave_the_previous_parts_intact(synthetic_store, tmp_path):
+    """A truncated TIFF or a corrupt HDF5 offered as the new mosaic / cube: one sentence, and the old
+    mosaic, cube and everything made from them stay complete, fresh and readable."""
+    import tifffile
+
+    from napari_nightwatch.store.sources import import_mosaic, import_xrf
+    from napari_nightwatch.store.tiles import make_grid
+
+    store = copy_store(synthetic_store, tmp_path / "f.nightwatch.zarr")
+    make_grid(store, tile=32)
+    mosaic = np.asarray(store.mosaic_levels()[0])
+    cube_sum = store.xrf_sum_spectrum().copy()
+    before = store.completed()
+    tifffile.imwrite(tmp_path / "ok.tif", np.zeros((512, 512, 3), np.uint8))
+    data = (tmp_path / "ok.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])
+    with pytest.raises(NightwatchError, match="cut.tif"):
+        import_mosaic(tmp_path / "cut.tif", store, pixel_size_um=5.0)
+    (tmp_path / "bad.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(NightwatchError, match="bad.h5"):
+        import_xrf(tmp_path / "bad.h5", store)
+    after = PaintingStore.open(store.path)
+    assert after.completed() == before and after.stale_parts() == {}
+    np.testing.assert_array_equal(np.asarray(after.mosaic_levels()[0]), mosaic)
+    np.testing.assert_array_equal(after.xrf_sum_spectrum(), cube_sum)
+    staging = store.path / "staging"  # the empty staging group may stay; no staged part may
+    assert not staging.exists() or not any(p.is_dir() for p in staging.iterdir())

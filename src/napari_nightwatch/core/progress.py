@@ -8,6 +8,8 @@ chunks and keep a done-mask, so a cancelled job resumes where it stopped.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -15,8 +17,18 @@ from contextlib import contextmanager
 ProgressCallback = Callable[[int, int, str], None]
 
 
+#: fault injection for the kill/resume tests: ``"STAGE:N"`` kills this process with SIGKILL (no cleanup,
+#: as a power cut or the OOM killer would) at the first progress report of STAGE with done >= N
+FAILPOINT_ENV = "NIGHTWATCH_KILL_AT"
+
+
 def report(progress: ProgressCallback | None, done: int, total: int, stage: str) -> None:
-    """Call ``progress`` if one was given."""
+    """Call ``progress`` if one was given (and honour the :data:`FAILPOINT_ENV` fault injection)."""
+    point = os.environ.get(FAILPOINT_ENV)
+    if point:
+        where, _, n = point.rpartition(":")
+        if where == stage and n.isdigit() and int(done) >= int(n):
+            os.kill(os.getpid(), signal.SIGKILL)
     if progress is not None:
         progress(int(done), int(total), stage)
 

@@ -664,7 +664,8 @@ class PaintingStore:
         if self.has_mosaic and not self.has(layout.GRIDS):
             steps.append("embed the mosaic tiles (nightwatch embed)")
         for part in sorted(self.stale_parts()):
-            steps.append(f"rerun {part}: {_RERUN.get(part.split('/')[0] if '/' in part else part, 'rebuild it')}")
+            how = "nightwatch index" if "/index/" in part else _RERUN.get(part.split("/")[0], "rebuild it")
+            steps.append(f"rerun {part}: {how}")
         return steps
 
     def __repr__(self) -> str:
