@@ -161,3 +161,21 @@ def test_edited_pixels_of_an_ome_zarr_used_in_place_are_noticed(tmp_path, capsys
     assert "mosaic" in json.loads(capsys.readouterr().out)["stale"]
     with pytest.raises(NightwatchError, match="mosaic .* is stale: the OME-Zarr it uses in place"):
         make_grid(store, tile=64)
+
+
+def test_a_new_registration_makes_the_trained_bridge_stale(tmp_path, capsys):
+    """Models and predictions made before a registration are refused after it (not used without a word)."""
+    from _bridge_support import bridge_ready_store
+    from napari_nightwatch.ml.bridge import load_xrf_bridge, predict_xrf_maps, train_xrf_bridge
+
+    store, _, _ = bridge_ready_store(tmp_path / "r.nightwatch.zarr", size=256)
+    out = train_xrf_bridge(store, epochs=3, threads=1)
+    predict_xrf_maps(store, encoder_id=out["encoder_id"])
+    assert store.stale_parts() == {}
+    store.set_xrf_affine(store.xrf_affine + np.array([[0, 0, 1.0], [0, 0, 0], [0, 0, 0]]), method="test shift")
+    stale = store.stale_parts()
+    assert f"models/{out['encoder_id']}" in stale and any(p.startswith("predicted/") for p in stale)
+    with pytest.raises(NightwatchError, match="stale: xrf/registration was rewritten.*train-xrf"):
+        load_xrf_bridge(store, out["encoder_id"])
+    assert main(["predict-xrf", str(store.path)]) == 2
+    assert "stale" in capsys.readouterr().err

@@ -140,6 +140,8 @@ def load_xrf_bridge(
         encoder_id = cands[-1]
     elif encoder_id not in ids:
         raise NightwatchError(f"{store.path} has no spectrum encoder {encoder_id!r}; it has {', '.join(ids)}.")
+    # made before a new registration, another cube or refitted maps: refuse, never answer from it
+    store.check_fresh(layout.model(encoder_id), "retrain it with `nightwatch train-xrf`")
     attrs = store.node_attrs(layout.model(encoder_id))
     key = (str(store.path), encoder_id, attrs.get("encoder_hash"), attrs.get("head_hash"))
     bridge = _BRIDGES.get(key)
