@@ -204,8 +204,10 @@ def _cmd_xrf_maps(args) -> dict:
     from .store import PaintingStore
     from .xrf.maps import export_tiffs, fit_store
 
-    if args.export is not None and args.export.exists() and not args.export.is_dir():
-        raise NightwatchError(f"--export {args.export} is a file; give a folder for the TIFFs.")
+    if args.export is not None:
+        from .core.paths import check_export_folder
+
+        check_export_folder(args.export)  # before the fit, not after it
     store = PaintingStore.open(args.store, mode="r+")
     row_shift = args.row_shift
     if row_shift is not None and row_shift != "auto":

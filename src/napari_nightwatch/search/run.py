@@ -27,7 +27,7 @@ import numpy as np
 from ..core.errors import NightwatchError
 from ..core.progress import ProgressCallback, report
 from ..store import PaintingStore
-from ..store.embeddings import open_embeddings, resolve_grid_model, unit_rows
+from ..store.embeddings import open_embeddings, resolve_grid_model
 from .composition import (
     COLOUR_WEIGHT,
     MAPS,
@@ -330,8 +330,8 @@ def run_query(
             ok = emb.done_tiles[comp.tiles] & emb.keep[comp.tiles]
             sims = np.full(comp.tiles.size, np.nan)
             if ok.any():
-                sims[ok] = unit_rows(np.asarray(emb.read(comp.tiles[ok]), np.float32)).astype(np.float64) @ \
-                    np.asarray(vec, np.float64)
+                # Embeddings.read returns unit rows already
+                sims[ok] = emb.read(comp.tiles[ok]).astype(np.float64) @ np.asarray(vec, np.float64)
             hits += composition_hits(comp, sims, k=query.k, allowed=allowed, merge=query.merge,
                                      iou_threshold=query.iou_threshold, model_id=mid,
                                      families=_families_of(query, comp))

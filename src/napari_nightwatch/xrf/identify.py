@@ -25,7 +25,15 @@ from ..core.errors import NightwatchError
 from .background import snip, snip_width_channels
 from .fit import bspline_basis
 from .lines import LineFamily, line_families
-from .model import RH_K_KEV, Detector, continuum, gaussian_peaks, pileup_template, scatter_templates
+from .model import (
+    RH_K_KEV,
+    Detector,
+    continuum,
+    gaussian_peaks,
+    lines_spectrum,
+    pileup_template,
+    scatter_templates,
+)
 from .refine import SPLINE_SPACING_KEV
 
 #: confidence at and above which a family is reported as present
@@ -112,17 +120,6 @@ class Identification:
             "reason": self.reason,
             "origin": self.origin,
         }
-
-
-def _template_parts(fam: LineFamily, e: np.ndarray, det: Detector, sel: np.ndarray) -> np.ndarray:
-    """Template (not normalised) of the lines ``sel`` of a family, with escape peaks."""
-    ec = np.asarray(fam.energies_kev)[sel]
-    w = np.asarray(fam.intensities)[sel]
-    esc = det.escape_fraction(ec)
-    centres = np.concatenate([ec, ec - det.escape_kev])
-    areas = np.concatenate([w * (1 - esc), w * esc])
-    keep = (areas > 0) & (centres > 0.05)
-    return gaussian_peaks(e, centres[keep], areas[keep], det.sigma_kev(centres[keep]))
 
 
 def _main_group(fam: LineFamily, det: Detector) -> np.ndarray:
@@ -349,7 +346,7 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
     # B-splines that correct it smoothly, so SNIP's small errors cannot pose as peaks
     yr = y[lo:hi]
     netr = yr
-    cols = [_template_parts(f, e, det, np.ones(len(f.energies_kev), bool))[lo:hi] for f in fams]
+    cols = [lines_spectrum(f, e, det)[lo:hi] for f in fams]
     keep = [i for i, c in enumerate(cols) if c.sum() > 0.2]  # most of the family on the axis
     fams = [fams[i] for i in keep]
     cols = [cols[i] for i in keep]
@@ -421,7 +418,7 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
                     continue
                 # without their escape peaks: a free line's escape would be free counts 1.74 keV
                 # lower, where it could take a real family's place (P-K under Sn-L's escape)
-                t = _template_parts(f, e, no_escape, sel)[lo:hi]
+                t = lines_spectrum(f, e, no_escape, sel)[lo:hi]
                 if t.sum() > 1e-3:
                     group_cols.append(t / t.sum())
                     group_owner.append(fi)
@@ -636,8 +633,8 @@ def _secondary_check(fam, e_fit, netr, w, a, x, j, lo, det, e_full) -> tuple[flo
     if main.all():
         return np.nan, False
     hi = lo + e_fit.size
-    t_main = _template_parts(fam, e_full, det, main)[lo:hi]
-    t_sec = _template_parts(fam, e_full, det, ~main)[lo:hi]
+    t_main = lines_spectrum(fam, e_full, det, main)[lo:hi]
+    t_sec = lines_spectrum(fam, e_full, det, ~main)[lo:hi]
     if t_main.sum() <= 0 or t_sec.sum() <= 0.05 * (t_main.sum() + t_sec.sum()):
         return np.nan, False
     # refit only the channels the family touches, with the terms that reach them

@@ -171,6 +171,21 @@ def gaussian_peaks(
     return out
 
 
+def lines_spectrum(fam: LineFamily, energies_kev: np.ndarray, detector: Detector,
+                   lines: np.ndarray | None = None) -> np.ndarray:
+    """Un-normalised spectrum of a family's lines (all, or the boolean selection ``lines``) with their
+    Si escape peaks, on channel energies ``energies_kev`` (lines and escapes below 0.05 keV left out)."""
+    ec = np.asarray(fam.energies_kev, dtype=np.float64)
+    w = np.asarray(fam.intensities, dtype=np.float64)
+    if lines is not None:
+        ec, w = ec[lines], w[lines]
+    esc = detector.escape_fraction(ec)
+    centres = np.concatenate([ec, ec - detector.escape_kev])
+    areas = np.concatenate([w * (1.0 - esc), w * esc])
+    keep = (areas > 0) & (centres > 0.05)
+    return gaussian_peaks(energies_kev, centres[keep], areas[keep], detector.sigma_kev(centres[keep]))
+
+
 def family_template(fam: LineFamily, energies_kev: np.ndarray, detector: Detector | None = None) -> np.ndarray:
     """Unit-area spectrum of one line family, with its Si escape peaks.
 
@@ -195,19 +210,12 @@ def family_template(fam: LineFamily, energies_kev: np.ndarray, detector: Detecto
     """
     det = detector or Detector()
     e = check_axis(energies_kev)
-    ec = np.asarray(fam.energies_kev, dtype=np.float64)
-    w = np.asarray(fam.intensities, dtype=np.float64)
     if fam.main_energy_kev < e[0] or fam.main_energy_kev > e[-1]:
         raise NightwatchError(
             f"The energy axis {e[0]:.2f}-{e[-1]:.2f} keV does not reach the main line of {fam.name} "
             f"({fam.main_energy_kev:.2f} keV)."
         )
-    esc = det.escape_fraction(ec)
-    centres = np.concatenate([ec, ec - det.escape_kev])
-    areas = np.concatenate([w * (1.0 - esc), w * esc])
-    keep = (areas > 0) & (centres > 0.05)
-    centres, areas = centres[keep], areas[keep]
-    t = gaussian_peaks(e, centres, areas, det.sigma_kev(np.where(centres > 0, centres, 0.0)))
+    t = lines_spectrum(fam, e, det)
     total = t.sum()
     if total <= 0:
         raise NightwatchError(f"The family {fam.name} has no intensity inside the energy axis.")

@@ -42,7 +42,7 @@ from .model import (
     check_axis,
     continuum,
     family_template,
-    gaussian_peaks,
+    lines_spectrum,
     scatter_templates,
 )
 
@@ -151,23 +151,12 @@ def _group_layout(fams: Sequence[LineFamily]) -> list[tuple[int, str, np.ndarray
     return out
 
 
-def _lines_template(fam: LineFamily, sel: np.ndarray, e: np.ndarray, det: Detector) -> np.ndarray:
-    """Un-normalised spectrum of the lines ``sel`` of a family, with their escape peaks."""
-    ec = np.asarray(fam.energies_kev)[sel]
-    w = np.asarray(fam.intensities)[sel]
-    esc = det.escape_fraction(ec)
-    centres = np.concatenate([ec, ec - det.escape_kev])
-    areas = np.concatenate([w * (1 - esc), w * esc])
-    keep = (areas > 0) & (centres > 0.05)
-    return gaussian_peaks(e, centres[keep], areas[keep], det.sigma_kev(centres[keep]))
-
-
 class _SumModel:
     """Design of the sum-spectrum fit for one calibration and detector."""
 
     def __init__(self, e, y, fams, layout, det, lo, hi, excitation_kev, tube_kev, weights, snip_bg):
         self.lo, self.hi = lo, hi
-        self.groups = np.stack([_lines_template(fams[fi], m, e, det)[lo:hi] for fi, _, m, _, _ in layout], 1)
+        self.groups = np.stack([lines_spectrum(fams[fi], e, det, m)[lo:hi] for fi, _, m, _, _ in layout], 1)
         nuis = []
         if tube_kev is not None:
             sc = scatter_templates(e, det, tube_kev=tube_kev)[:, lo:hi]
