@@ -80,6 +80,38 @@ def test_uncertainty_and_chi2_are_calibrated():
     assert np.median(fit_spectra(y[:100], wrong).chi2) > 3.0
 
 
+@pytest.mark.parametrize("background", ["basis", "snip"])
+def test_overlap_error_correlation_matches_the_scatter(background):
+    # Pb-L and As-K (As-Ka 10.54 keV on Pb-La 10.55 keV) in 3000 Poisson copies of one pixel:
+    # the per-pixel error correlation the fit reports must match the correlation of the fitted
+    # areas across the copies (the ground truth). Standard error of a sample correlation
+    # with n = 3000 is (1 - rho^2) / sqrt(n) < 0.02, so 0.06 is three of them.
+    e = np.arange(1024) * 0.02 + 0.01
+    fams = [get_family(n) for n in ("Pb-L", "As-K", "Fe-K", "S-K", "Pb-M")]
+    for amounts in ([2000.0, 800.0, 1500.0, 400.0, 1000.0], [4000.0, 100.0, 800.0, 1200.0, 2500.0]):
+        areas = np.tile([amounts], (3000, 1))
+        y = simulate_spectra(e, fams, areas, continuum_areas=np.full(3000, 3000.0), rng=7)
+        model = build_fit_model(e, fams, mean_spectrum=y.mean(0), background=background)
+        names = model.overlap_names
+        assert "Pb-L/As-K" in names and "S-K/Pb-M" in names
+        res = fit_spectra(y, model)
+        assert res.correlation.shape == (3000, len(names))
+        for k, (i, j) in enumerate(model.overlap_pairs):
+            if res.areas[:, i].min() <= 0 or res.areas[:, j].min() <= 0:
+                continue  # the non-negativity bound truncates the scatter: not a Gaussian error any more
+            empirical = np.corrcoef(res.areas[:, i], res.areas[:, j])[0, 1]
+            reported = float(np.median(res.correlation[:, k]))
+            assert abs(reported - empirical) < 0.06, (names[k], reported, empirical)
+        pa = names.index("Pb-L/As-K")
+        assert np.median(res.correlation[:, pa]) < -0.2  # the overlap is real: errors anti-correlate
+    # fit_block appends the correlations after chi-square only when asked
+    from napari_nightwatch.xrf.fit import fit_block
+
+    blk = y[:6].reshape(2, 3, -1)
+    assert fit_block(blk, model).shape == (2, 3, 11)
+    assert fit_block(blk, model, with_correlation=True).shape == (2, 3, 11 + len(names))
+
+
 def test_batched_nnls_matches_scipy():
     from scipy.optimize import nnls
 

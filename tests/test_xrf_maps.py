@@ -12,7 +12,13 @@ from napari_nightwatch.core.errors import Cancelled, NightwatchError
 from napari_nightwatch.core.spectra import EnergyCalibration
 from napari_nightwatch.store import PaintingStore
 from napari_nightwatch.xrf.artefacts import comb_strength, correct_row_shift, estimate_row_shift
-from napari_nightwatch.xrf.maps import export_tiffs, fit_store, load_element_maps, load_uncertainty
+from napari_nightwatch.xrf.maps import (
+    export_tiffs,
+    fit_store,
+    load_correlation,
+    load_element_maps,
+    load_uncertainty,
+)
 from napari_nightwatch.xrf.scene import painted_scene
 from napari_nightwatch.xrf.spectra import (
     mean_spectrum,
@@ -68,6 +74,14 @@ def test_fit_store_round_trip_layout_and_accuracy(tmp_path, scene):
         truth = scene.truth[..., scene.names.index(name)]
         assert _r(maps[names.index(name)], truth) >= 0.98, name
     assert np.all(unc[np.isfinite(unc)] >= 0) and 0.7 < np.nanmedian(chi2) < 1.5
+    # Pb-L / As-K: the per-pixel error correlation of the overlap is stored and summarised
+    pairs, corr = load_correlation(store)
+    pb_as = next(p for p in pairs if set(p.split("/")) == {"Pb-L", "As-K"})  # in fit order
+    assert corr.shape == (len(pairs), 24, 40)
+    pa = corr[pairs.index(pb_as)]
+    assert np.all(np.abs(pa[np.isfinite(pa)]) <= 1) and np.nanmedian(pa) < -0.1
+    # the summary's median is over every pixel of this small cube (the sampling step is 1)
+    assert summary["overlap_correlation"][pb_as]["median"] == pytest.approx(float(np.nanmedian(pa)), abs=1e-3)
     # TIFF export: one float32 file per family on the cube's pixel grid
     import tifffile
 

@@ -19,6 +19,13 @@ from .core.errors import Cancelled, NightwatchError
 from .core.progress import tqdm_progress
 
 
+def _location(text: str) -> Path | str:
+    """A store or source location: a URL (http(s)://, s3://) stays a string, anything else is a path."""
+    from .io.remote import is_url
+
+    return text if is_url(text) else Path(text)
+
+
 def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
     import math
 
@@ -83,7 +90,8 @@ def _cmd_import_mosaic(args) -> dict:
 
     cb, close = _progress(args)
     try:
-        store = import_mosaic(args.source, args.store, pixel_size_um=args.pixel_size_um, progress=cb)
+        store = import_mosaic(args.source, args.store, pixel_size_um=args.pixel_size_um, progress=cb,
+                              cache_dir=args.cache_dir)
     finally:
         close()
     return store.summary()
@@ -160,7 +168,8 @@ def _cmd_index(args) -> dict:
         if args.add:
             return add_to_index(args.store, args.grid, args.model_id, progress=cb)
         return build_index(args.store, args.grid, args.model_id, memory_budget_bytes=budget,
-                           kind=args.index_type, progress=cb)
+                           kind=args.index_type, on_disk=True if args.on_disk else None,
+                           client=args.scheduler, shard_rows=args.shard_rows, progress=cb)
     finally:
         close()
 
@@ -232,7 +241,8 @@ def _cmd_xrf_maps(args) -> dict:
         result = fit_store(store, elements, background=args.background, refine=not args.no_refine,
                            calibration=calib, detector=detector, excitation_kev=excitation,
                            include=_names(args.include), exclude=_names(args.exclude),
-                           row_shift=row_shift, overwrite=args.overwrite, pileup=args.pileup, progress=cb)
+                           row_shift=row_shift, overwrite=args.overwrite, pileup=args.pileup, progress=cb,
+                           client=args.scheduler)
     finally:
         close()
     if args.export is not None:
@@ -357,7 +367,7 @@ def _cmd_train_xrf(args) -> dict:
     try:
         out = train_xrf_bridge(store, grid_id=args.grid, image_model_id=args.model_id, epochs=args.epochs,
                                train_region=_box_arg(args.train_region, "--train-region"), seed=args.seed,
-                               threads=args.threads, progress=progress)
+                               threads=args.threads, progress=progress, client=args.scheduler)
     finally:
         close()
     out["last_epoch"] = last.get("progress")
@@ -375,7 +385,8 @@ def _cmd_predict_xrf(args) -> dict:
     store = PaintingStore.open(args.store, mode="r+")
     cb, close = _progress(args)
     try:
-        out = predict_xrf_maps(store, encoder_id=args.encoder, grid_id=args.grid, name=args.name, progress=cb)
+        out = predict_xrf_maps(store, encoder_id=args.encoder, grid_id=args.grid, name=args.name, progress=cb,
+                               client=args.scheduler)
     finally:
         close()
     if args.export is not None:
@@ -486,20 +497,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
 
     sp = add("import-mosaic", _cmd_import_mosaic, "import a visible-light mosaic into a painting store")
-    sp.add_argument("source", type=Path)
-    sp.add_argument("store", type=Path)
+    sp.add_argument("source", type=_location, help="a file or folder, or an http(s):// or s3:// URL")
+    sp.add_argument("store", type=_location)
     sp.add_argument("--pixel-size-um", type=float, default=None)
+    sp.add_argument("--cache-dir", type=Path, default=None,
+                    help="remote Deep Zoom only: keep fetched tiles in this folder and reuse them on the next read")
 
     sp = add("import-xrf", _cmd_import_xrf, "import an MA-XRF cube into a painting store")
     sp.add_argument("source", type=Path)
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", type=_location)
     sp.add_argument("--energy-offset-kev", type=float, default=None)
     sp.add_argument("--energy-gain-kev", type=float, default=None)
     sp.add_argument("--pixel-size-um", type=float, default=None)
     sp.add_argument("--dataset", default=None, help="dataset path inside an HDF5 file")
 
     sp = add("info", _cmd_info, "show what a painting store holds and what is missing")
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", type=_location)
 
     sp = add("demo", _cmd_demo, "build the synthetic painting, run the whole workflow, open napari")
     sp.add_argument("--out", type=Path, default=Path("demo_out"))
@@ -509,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ------------------------------------------------------------ xrf commands (issue 3)
     sp = add("xrf-maps", _cmd_xrf_maps, "identify elements and fit per-pixel element maps of the MA-XRF cube")
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", type=_location)
     sp.add_argument("--elements", default="auto", help="'auto' or families like Pb-L,Hg-L,Fe-K")
     sp.add_argument("--export", type=Path, default=None, help="folder for one float32 TIFF per family")
     sp.add_argument("--background", choices=["basis", "snip"], default="basis")
@@ -523,6 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="PyMca .cfg: calibration, detector and excitation ('--elements config': its families)")
     sp.add_argument("--include", default=None, help="families always fitted, e.g. Pb-L,As-K")
     sp.add_argument("--exclude", default=None, help="families or elements never proposed, e.g. Ar,Rh-L")
+    sp.add_argument("--scheduler", default=None, help="dask scheduler address tcp://HOST:PORT (default: in-process)")
 
     sp = add("fit-spectrum", _cmd_fit_spectrum,
              "identify and fit one XRF spectrum file (.spx/.mca/.msa/.spe/.hspy); table of areas, optional plot")
@@ -539,14 +553,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--plot", type=Path, default=None, help="write a PNG of spectrum, fit, residual and lines")
 
     sp = add("spectrum", _cmd_spectrum, "mean XRF spectrum of a pixel or rectangle of a painting store")
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", type=_location)
     sp.add_argument("--pixel", default=None, help="Y,X (XRF pixels, or mosaic pixels with --mosaic)")
     sp.add_argument("--region", default=None, help="Y0,X0,Y1,X1 half-open box")
     sp.add_argument("--mosaic", action="store_true", help="coordinates are level-0 mosaic pixels")
     sp.add_argument("--out", type=Path, default=None, help="write a two-column CSV (energy_kev,counts)")
     # ------------------------------------------------------------ embedding/search commands (issue 4)
     sp = add("embed", _cmd_embed, "embed the mosaic tiles of a tile grid with a CLIP model (resumable)")
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", type=_location)
     sp.add_argument("--model", default="ViT-B-32", help="open_clip architecture, nightwatch-tiny, or hf-hub:ORG/NAME")
     sp.add_argument("--pretrained", default="laion2b_s34b_b79k",
                     help="open_clip tag, checkpoint file or directory, or 'none' (random weights)")
@@ -565,16 +579,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scheduler", default=None, help="dask scheduler address tcp://HOST:PORT (default: in-process)")
     sp.add_argument("--overwrite", action="store_true", help="replace embeddings made differently")
     sp = add("index", _cmd_index, "build (or extend with --add) the vector index of a grid's tile embeddings")
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", type=_location)
     sp.add_argument("--grid", default=None, help="grid id, e.g. L0-t224-s224 (default: the only one)")
     sp.add_argument("--model-id", default=None, help="embeddings to index (default: the only ones)")
     sp.add_argument("--index-type", choices=("flat", "hnsw", "ivfpq"), default=None,
                     help="force the index type (default: chosen by size and memory budget)")
     sp.add_argument("--memory-budget-gb", type=float, default=None, help="RAM the index may take (default 4)")
     sp.add_argument("--add", action="store_true", help="add newly embedded tiles to the existing index")
+    sp.add_argument("--on-disk", action="store_true",
+                    help="keep the IVF-PQ lists on disk, memory-mapped (default: when no in-RAM index fits the budget)")
+    sp.add_argument("--scheduler", default=None,
+                    help="dask scheduler address tcp://HOST:PORT: encode IVF-PQ shards on its workers (default: in-process)")
+    sp.add_argument("--shard-rows", type=int, default=None, help="rows per IVF-PQ build shard (default 262144)")
 
     sp = add("search", _cmd_search, "find the tiles of one or more paintings that match a text, region, image or spectrum")
-    sp.add_argument("stores", type=Path, nargs="+", help="painting stores, searched as one collection")
+    sp.add_argument("stores", type=_location, nargs="+", help="painting stores, searched as one collection")
     sp.add_argument("--text", default=None, help="what to look for, in words")
     sp.add_argument("--region", default=None, metavar="Y0,X0,Y1,X1",
                     help="exemplar region of the first store (level-0 pixels, or micrometres with --um)")
@@ -605,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="weight of the pigment's colour family in its score, 0 (elements only) to 1 (default 0.75)")
     # ------------------------------------------------------------ bridge commands (issue 5)
     sp = add("register", _cmd_register, "register the MA-XRF data onto the mosaic (control points and/or automatic)")
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", type=_location)
     sp.add_argument("--points", type=Path, default=None, help="CSV with header xrf_y,xrf_x,mosaic_y,mosaic_x")
     sp.add_argument("--auto", action="store_true", help="refine by agreement of XRF images and mosaic colour")
     sp.add_argument("--kind", choices=("affine", "similarity"), default="affine", help="control-point transform")
@@ -615,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--search-px", type=float, default=6.0, help="shift search half-width in XRF pixels (--auto)")
 
     sp = add("train-xrf", _cmd_train_xrf, "train the spectrum encoder and inverse head on tiles paired with XRF")
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", type=_location)
     sp.add_argument("--grid", default=None, help="grid id (default: the only one with embeddings)")
     sp.add_argument("--model-id", default=None, help="image model id of the embeddings (default: the only one)")
     sp.add_argument("--epochs", type=int, default=200, help="maximum epochs (early stopping on validation retrieval)")
@@ -623,22 +642,40 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train only on tiles inside this level-0 box; everything outside is held out")
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sp.add_argument("--scheduler", default=None,
+                    help="dask scheduler address tcp://HOST:PORT (default: in-process); pairs tiles with spectra there")
 
     sp = add("predict-xrf", _cmd_predict_xrf, "predict element maps from the photograph; validate on held-out blocks")
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", type=_location)
     sp.add_argument("--encoder", default=None, help="trained spectrum encoder id (default: the newest)")
     sp.add_argument("--grid", default=None)
     sp.add_argument("--name", default=None, help="name under predicted/ (default: the encoder id)")
     sp.add_argument("--export", type=Path, default=None,
                     help="write one float32 TIFF per element, scan_here_next.tif and a JSON sidecar")
     sp.add_argument("--overwrite", action="store_true", help="replace files already in the --export folder")
+    sp.add_argument("--scheduler", default=None, help="dask scheduler address tcp://HOST:PORT (default: in-process)")
 
     sp = add("import-maps", _cmd_import_maps, "import exported element maps (images) as the XRF modality")
-    sp.add_argument("store", type=Path)
+    sp.add_argument("store", type=_location)
     sp.add_argument("--map", action="append", metavar="NAME=FILE", help="element map, e.g. Pb-L=Pb.tif (repeatable)")
     sp.add_argument("--pixel-size-um", type=float, default=None, help="map pixel size (default: stretched over the mosaic)")
     sp.add_argument("--overwrite", action="store_true", help="replace existing XRF data")
     return p
+
+
+def _remote_failure(args: argparse.Namespace, exc: BaseException) -> str | None:
+    """One sentence for a job that lost its remote store/source mid-way, or None (a real bug: re-raise)."""
+    from .io.remote import is_transient, is_url
+
+    urls = [v for v in vars(args).values() if isinstance(v, str) and is_url(v)]
+    chain, e = [], exc
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if not urls or not any(is_transient(e) for e in chain):
+        return None
+    return (f"{urls[0]} could not be reached mid-job ({type(exc).__name__}: {str(exc)[:160]}); "
+            "what was finished is kept: rerun the command when the server is back to resume.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -659,6 +696,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Cancelled:
         print(f"nightwatch {args.command}: cancelled; rerun to resume.", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - only remote-storage failures are turned into a sentence
+        msg = _remote_failure(args, exc)
+        if msg is None:
+            raise
+        print(f"nightwatch {args.command}: error: {msg}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result, default=str))
     elif result is not None:

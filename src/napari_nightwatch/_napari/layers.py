@@ -199,8 +199,18 @@ def mosaic_layer(store, name: str | None = None) -> LayerDataTuple:
     level's downsampling from the array shapes, so only level 0's pixel size is
     given as ``scale``.
     """
-    levels = store.mosaic_levels()
     p = store.mosaic_pixel_size_um
+    return image_levels_layer(store.mosaic_levels(), p, name or f"{store.name} mosaic",
+                              {"nightwatch_store": str(store.path), "nightwatch_kind": "mosaic", "pixel_size_um": p})
+
+
+def image_levels_layer(levels: Sequence, pixel_size_um: float | None, name: str, metadata: dict) -> LayerDataTuple:
+    """An image given as ``(y, x, c)`` levels (finest first) as a (multiscale) Image layer.
+
+    ``pixel_size_um`` None (a source with no physical size, e.g. Deep Zoom) leaves the layer in pixels.
+    """
+    levels = list(levels)
+    p = pixel_size_um
     n_c = int(levels[0].shape[-1])
     if n_c == 1:
         levels = [lv[..., 0] for lv in levels]
@@ -209,13 +219,14 @@ def mosaic_layer(store, name: str | None = None) -> LayerDataTuple:
     rgb = n_c in (3, 4)
     dtype = np.dtype(levels[0].dtype)
     kwargs: dict[str, Any] = {
-        "name": name or f"{store.name} mosaic",
+        "name": name,
         "rgb": rgb,
-        "scale": (p, p),
         "translate": (0.0, 0.0),
-        "units": UNITS,
-        "metadata": {"nightwatch_store": str(store.path), "nightwatch_kind": "mosaic", "pixel_size_um": p},
+        "metadata": metadata,
     }
+    if p is not None:
+        kwargs["scale"] = (p, p)
+        kwargs["units"] = UNITS
     if np.issubdtype(dtype, np.integer):
         kwargs["contrast_limits"] = (0, int(np.iinfo(dtype).max))
     elif rgb:

@@ -305,22 +305,116 @@ def read_raster(path: Path) -> tuple[np.ndarray, PixelSize]:
     return data, (_print_resolution(float(dpi[0]), "inch") if dpi else PixelSize(None, "none"))
 
 
-def find_ngff_image(path: Path):
-    """The NGFF multiscale image group at ``path`` (or its first image child, bioformats2raw layout)."""
+def _bioformats2raw(root) -> bool:
+    attrs = dict(root.attrs)
+    return "bioformats2raw.layout" in attrs or "bioformats2raw.layout" in (attrs.get("ome") or {})
+
+
+def find_ngff_image(path: str | Path):
+    """The NGFF multiscale image group at ``path`` (or its first image child, bioformats2raw layout).
+
+    Parameters
+    ----------
+    path
+        A local folder, or an ``http(s)://`` / ``s3://`` URL opened in place through zarr's
+        fsspec store with :func:`~napari_nightwatch.io.remote.storage_options` (credentials
+        and endpoint from the environment). Over plain HTTP nothing can be listed, so a
+        bioformats2raw layout is followed only through its image ``"0"``; on S3 (and locally)
+        every child group is tried in name order.
+
+    Returns
+    -------
+    zarr.Group
+        The image group (its ``multiscales`` readable with :func:`~napari_nightwatch.io.ngff.read_multiscales`).
+    """
     import zarr
 
     from .ngff import read_multiscales
+    from .remote import is_url, open_zarr_group, scheme, with_retries
 
-    try:
-        root = zarr.open_group(str(path), mode="r")
-    except Exception as exc:
-        raise NightwatchError(f"{path} could not be opened as an OME-Zarr group ({exc}).") from exc
-    for cand in (root, *(g for _, g in sorted(root.groups(), key=lambda kv: kv[0]))):
+    remote = is_url(path)
+    if remote:
+        root = open_zarr_group(str(path), "opened as an OME-Zarr group")
+    else:
         try:
-            read_multiscales(cand)
+            root = zarr.open_group(str(path), mode="r")
+        except Exception as exc:
+            raise NightwatchError(f"{path} could not be opened as an OME-Zarr group ({exc}).") from exc
+
+    def has_multiscales(group) -> bool:
+        try:
+            read_multiscales(group)
         except KeyError:
-            continue
-        return cand
-    raise NightwatchError(f"{path} is a zarr group without OME-Zarr (NGFF) multiscales metadata; expected an NGFF image.")
+            return False
+        return True
+
+    if has_multiscales(root):
+        return root
+    if remote:
+        def child_zero():
+            try:
+                node = root["0"]
+            except KeyError:
+                return None
+            return node if isinstance(node, zarr.Group) else None
+
+        # bioformats2raw puts the first image at "0"; HTTP has no listing to find others
+        first = with_retries(child_zero, str(path), "opened as an OME-Zarr group")
+        if first is not None and has_multiscales(first):
+            return first
+        children = []
+        if scheme(str(path)) == "s3":
+            children = with_retries(lambda: sorted(root.groups(), key=lambda kv: kv[0]), str(path), "listed")
+    else:
+        children = sorted(root.groups(), key=lambda kv: kv[0])
+    for _, cand in children:
+        if has_multiscales(cand):
+            return cand
+    hint = " (a bioformats2raw layout whose image is not at \"0\")" if _bioformats2raw(root) else ""
+    raise NightwatchError(
+        f"{path} is a zarr group without OME-Zarr (NGFF) multiscales metadata{hint}; expected an NGFF image."
+    )
 
 
+def ngff_scales(image) -> tuple[list[float], str | None]:
+    """Per-level pixel size along y (in the image's unit), finest first, and that unit (or None)."""
+    from .ngff import axes_names, read_multiscales
+
+    ms = read_multiscales(image)
+    yi = axes_names(image).lower().index("y")
+    scales = []
+    for d in ms["datasets"]:
+        s = 1.0
+        for t in d.get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                s = float(t["scale"][yi])
+        scales.append(s)
+    axis_meta = ms.get("axes", [])[yi]
+    unit = axis_meta.get("unit") if isinstance(axis_meta, dict) else None
+    return scales, unit
+
+
+def ngff_pixel_size_um(image) -> float | None:
+    """Level-0 pixel size in micrometres from the NGFF scale, or None when its unit is not a length we know."""
+    scales, unit = ngff_scales(image)
+    factor = UNIT_TO_UM.get(unit) if unit else None
+    return scales[0] * factor if factor is not None and scales[0] > 0 else None
+
+
+def ngff_levels(image) -> list:
+    """Lazy dask ``(y, x, c)`` arrays of an NGFF image's levels, finest first (for viewers)."""
+    import dask.array as da
+
+    from .ngff import axes_names, multiscale_paths
+
+    axes = axes_names(image).lower()
+    out = []
+    for p in multiscale_paths(image):
+        arr = da.from_zarr(image[p])
+        arr = arr[tuple(slice(None) if a in "yxc" else 0 for a in axes)]
+        kept = [a for a in axes if a in "yxc"]
+        if "c" not in kept:
+            arr = arr[..., None]
+            kept.append("c")
+        out.append(arr.transpose([kept.index(a) for a in "yxc"]))
+    return out

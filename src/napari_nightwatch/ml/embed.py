@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.cluster import connect
 from ..core.errors import Cancelled, NightwatchError
 from ..core.jsonutil import jsonable
 from ..core.progress import ProgressCallback, StageTimer, report
@@ -291,17 +292,6 @@ def _embed_block_task(
     return {"chunks": [int(c) for c in chunk_ids], "tiles": n, "timings": timer.seconds, "model_hash": engine.model_hash}
 
 
-def _as_client(client):
-    if client is None or not isinstance(client, str):
-        return client, False
-    try:
-        from distributed import Client
-
-        return Client(client, timeout=30), True
-    except OSError as exc:
-        raise NightwatchError(f"--scheduler {client} could not be reached ({exc}); start a dask scheduler there first.") from exc
-
-
 def _run_distributed(client, store, engine, grid, model_id, todo, chunk_tiles, batch_size, num_workers,
                      done_arr, on_chunk, timer) -> int:
     from distributed import as_completed
@@ -467,7 +457,7 @@ def _embed_store(store: PaintingStore, engine, grid: TileGrid | str, *, batch_si
         state["tiles_done"] += int(chunk_len[cid])
         report(progress, state["tiles_done"], grid.n_tiles, "embed")
 
-    client, own_client = _as_client(client)
+    client, own_client = connect(client)
     t_start = time.perf_counter()
     n_workers = 1
     try:

@@ -15,6 +15,7 @@ from .index import (
     add_to_index,
     build_index,
     choose_index,
+    default_cache_dir,
     index_from_vectors,
     load_index,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "build_index",
     "choose_index",
     "combine",
+    "default_cache_dir",
     "hits_to_json",
     "image_vector",
     "index_from_vectors",

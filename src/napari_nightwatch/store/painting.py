@@ -29,6 +29,7 @@ from ..core.errors import NightwatchError
 from ..core.geometry import as_affine
 from ..core.jsonutil import jsonable
 from ..core.spectra import EnergyCalibration
+from ..io.remote import filesystem, is_url, join, storage_options, with_retries
 from . import layout
 from .layout import STORE_SUFFIX
 
@@ -149,32 +150,102 @@ def file_signature(path: str | Path, max_bytes: int = 1 << 22) -> str:
     return f"sha1:{h.hexdigest()[:16]}:{size}"
 
 
-class PaintingStore:
-    """One painting's project store. Use :meth:`create` or :meth:`open`."""
+def location(path: str | Path) -> str | Path:
+    """A store location as kept: a URL (``s3://...``, ``http(s)://...``) as a string, else a Path."""
+    return path if is_url(path) else Path(path)
 
-    def __init__(self, path: Path, root, mode: str) -> None:
-        self.path = Path(path)
+
+def open_zarr_group(loc: str | Path, mode: str):
+    """The zarr v3 group at a local path or a URL (fsspec options from the environment)."""
+    import zarr
+
+    if is_url(loc):
+        return with_retries(lambda: zarr.open_group(str(loc), mode=mode, zarr_format=3,
+                                                    storage_options=storage_options(str(loc))),
+                            str(loc), "opened")
+    return zarr.open_group(str(loc), mode=mode, zarr_format=3)
+
+
+def _root_document(loc: str | Path) -> dict | None:
+    """The store root's ``zarr.json`` as a dict, or None where there is none."""
+    if is_url(loc):
+        fs, key = filesystem(str(loc))
+
+        def read() -> bytes | None:
+            try:
+                return fs.cat_file(f"{key.rstrip('/')}/zarr.json")
+            except FileNotFoundError:
+                return None
+
+        raw = with_retries(read, str(loc), "read")
+    else:
+        f = Path(loc) / "zarr.json"
+        raw = f.read_bytes() if f.exists() else None
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return {}
+
+
+def store_exists(loc: str | Path) -> bool:
+    """Whether anything is at a store location (a local path that exists, or a URL with a ``zarr.json``)."""
+    if is_url(loc):
+        return _root_document(loc) is not None
+    return Path(loc).exists()
+
+
+def delete_store(loc: str | Path) -> None:
+    """Remove a store (local folder or every object under the URL); missing is fine."""
+    if is_url(loc):
+        fs, key = filesystem(str(loc))
+        if fs.exists(key):
+            with_retries(lambda: fs.rm(key, recursive=True), str(loc), "deleted")
+        fs.invalidate_cache()
+    else:
+        shutil.rmtree(loc, ignore_errors=True)
+
+
+class PaintingStore:
+    """One painting's project store. Use :meth:`create` or :meth:`open`.
+
+    ``path`` is where the store lives: a local folder (a :class:`~pathlib.Path`), or a URL
+    string for a store on object storage (``s3://bucket/NAME.nightwatch.zarr``). Both take the
+    same operations; on object storage the writer locks are leases (:mod:`.lease`) and a
+    part swap is a server-side copy (see :meth:`replace_part`).
+    """
+
+    def __init__(self, path: str | Path, root, mode: str) -> None:
+        self.path = location(path)
         self.root = root
         self.mode = mode
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the store lives on object storage (a URL) rather than a local folder."""
+        return isinstance(self.path, str)
+
+    def _child(self, name: str) -> str | Path:
+        """Location of a file or folder inside the store."""
+        return join(self.path, name) if self.is_remote else self.path / name
 
     # ---- opening ----------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, *, name: str | None = None, overwrite: bool = False) -> PaintingStore:
         """Create an empty painting store at ``path`` (``NAME.nightwatch.zarr``)."""
-        import zarr
-
-        path = Path(path)
-        if path.exists():
+        path = location(path)
+        if store_exists(path):
             if not overwrite:
                 raise NightwatchError(f"{path} already exists; pass overwrite=True (--overwrite) to replace it.")
-            if not (path / "zarr.json").exists() or "nightwatch" not in json.loads(
-                (path / "zarr.json").read_text()
-            ).get("attributes", {}):
+            doc = _root_document(path)
+            if not doc or "nightwatch" not in doc.get("attributes", {}):
                 raise NightwatchError(f"{path} exists and is not a nightwatch store; refusing to delete it.")
-            shutil.rmtree(path)
-        root = zarr.open_group(str(path), mode="w", zarr_format=3)
+            delete_store(path)
+        root = open_zarr_group(path, "w")
         if name is None:
-            name = path.name[: -len(STORE_SUFFIX)] if path.name.endswith(STORE_SUFFIX) else path.stem
+            base = str(path).rstrip("/").rsplit("/", 1)[-1]
+            name = base[: -len(STORE_SUFFIX)] if base.endswith(STORE_SUFFIX) else Path(base).stem
         root.attrs["nightwatch"] = {
             "schema_version": SCHEMA_VERSION,
             "name": name,
@@ -187,13 +258,13 @@ class PaintingStore:
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> PaintingStore:
         """Open an existing store (``mode`` "r" or "r+"), checking its schema version."""
-        import zarr
-
-        path = Path(path)
-        if not (path / "zarr.json").exists():
+        path = location(path)
+        if _root_document(path) is None:
             raise NightwatchError(f"{path} is not a painting store (no zarr.json); create one with `nightwatch synth` or import-mosaic.")
         try:
-            root = zarr.open_group(str(path), mode=mode, zarr_format=3)
+            root = open_zarr_group(path, mode)
+        except NightwatchError:
+            raise
         except Exception as exc:  # corrupt metadata
             raise NightwatchError(f"{path} could not be opened as a zarr v3 store ({exc}).") from exc
         meta = root.attrs.get("nightwatch")
@@ -208,10 +279,10 @@ class PaintingStore:
         store = cls(path, root, mode)
         if version < SCHEMA_VERSION:
             if mode == "r":
-                store = cls(path, zarr.open_group(str(path), mode="r+", zarr_format=3), "r+")
+                store = cls(path, open_zarr_group(path, "r+"), "r+")
             store._upgrade(version)
             if mode == "r":
-                store = cls(path, zarr.open_group(str(path), mode="r", zarr_format=3), "r")
+                store = cls(path, open_zarr_group(path, "r"), "r")
         return store
 
     @classmethod
@@ -236,9 +307,7 @@ class PaintingStore:
 
     def _fresh_meta(self) -> dict:
         """The root record as it is on disk now (another process may have changed it)."""
-        import zarr
-
-        return dict(zarr.open_group(str(self.path), mode="r", zarr_format=3).attrs["nightwatch"])
+        return dict(open_zarr_group(self.path, "r").attrs["nightwatch"])
 
     def _update_meta(self, **kw: Any) -> None:
         with self.lock():
@@ -264,13 +333,16 @@ class PaintingStore:
         """
         import filelock
 
+        from .lease import LeaseLock, LeaseTimeout
+
         if getattr(self, "_lock", None) is None:
-            self._lock = filelock.FileLock(str(self.path / layout.LOCK_FILE))
+            self._lock = (LeaseLock(str(self._child(layout.LOCK_FILE)), {"what": "store record"})
+                          if self.is_remote else filelock.FileLock(str(self._child(layout.LOCK_FILE))))
         try:
             self._lock.acquire(timeout=timeout)
-        except filelock.Timeout as exc:
+        except (filelock.Timeout, LeaseTimeout) as exc:
             raise NightwatchError(
-                f"{self.path} is being written by another process (lock {self.path / layout.LOCK_FILE} held for "
+                f"{self.path} is being written by another process (lock {self._child(layout.LOCK_FILE)} held for "
                 f"more than {timeout:.0f} s); wait for it to finish."
             ) from exc
         try:
@@ -312,13 +384,19 @@ class PaintingStore:
                 lock, n = _JOBS[key]
                 _JOBS[key] = (lock, n - 1)
             return
-        lock = filelock.FileLock(str(self.path / f".job.{name}.lock"))
-        info = self.path / f".job.{name}.json"
+        from .lease import LeaseLock, LeaseTimeout
+
+        if self.is_remote:  # the lock object itself names the holder
+            lock: Any = LeaseLock(str(self._child(f".job.{name}.lock")), {"what": what, "started": _now()})
+            info = None
+        else:
+            lock = filelock.FileLock(str(self._child(f".job.{name}.lock")))
+            info = self._child(f".job.{name}.json")
         try:
             lock.acquire(timeout=wait)
-        except filelock.Timeout:
+        except (filelock.Timeout, LeaseTimeout) as exc:
             try:
-                h = json.loads(info.read_text())
+                h = exc.holder if isinstance(exc, LeaseTimeout) else json.loads(info.read_text())
                 holder = f"{h.get('what')} (process {h.get('pid')} on {h.get('host')}, since {h.get('started')})"
             except (OSError, ValueError):
                 holder = "another job"
@@ -328,13 +406,15 @@ class PaintingStore:
             ) from None
         _JOBS[key] = (lock, 1)
         try:
-            info.write_text(json.dumps({"what": what, "pid": os.getpid(), "host": socket.gethostname(),
-                                        "started": _now()}))
+            if info is not None:
+                info.write_text(json.dumps({"what": what, "pid": os.getpid(), "host": socket.gethostname(),
+                                            "started": _now()}))
             yield
         finally:
             del _JOBS[key]
-            with contextlib.suppress(OSError):
-                info.unlink()
+            if info is not None:
+                with contextlib.suppress(OSError):
+                    info.unlink()
             lock.release()
 
     def is_complete(self, part: str) -> bool:
@@ -447,8 +527,30 @@ class PaintingStore:
                 parent = part.rpartition("/")[0]
                 if parent:
                     self.root.require_group(parent)
-                os.replace(self.path / staging, self.path / part)
+                if self.is_remote:
+                    self._move_remote(staging, part)
+                else:
+                    os.replace(self.path / staging, self.path / part)
                 self.mark_complete(part, **made_from)
+
+    def _move_remote(self, src: str, dst: str) -> None:
+        """Move a staged part into place on object storage (no rename there: copy, then delete).
+
+        Not atomic like a local rename, but the completion record is: the old part's record
+        is already gone, so a copy killed half-way leaves ``dst`` incomplete (rerun the job),
+        never a half part that reads as complete.
+        """
+        held = _JOBS.get((str(self.path), dst))
+        if held is not None and getattr(held[0], "lost", False):
+            raise NightwatchError(
+                f"The lease on {dst} of {self.path} ran out while the job was running (the store was unreachable "
+                "for longer than the lease); nothing was swapped in, run the job again."
+            )
+        fs, key = filesystem(str(self.path))
+        a, b = f"{key.rstrip('/')}/{src}", f"{key.rstrip('/')}/{dst}"
+        with_retries(lambda: fs.copy(a, b, recursive=True), str(self.path), f"written ({dst})")
+        with_retries(lambda: fs.rm(a, recursive=True), str(self.path), f"written ({src})")
+        fs.invalidate_cache()
 
     def require_writable(self) -> None:
         if self.mode == "r":
@@ -483,6 +585,12 @@ class PaintingStore:
         g = self.root[layout.MOSAIC]
         ref = g.attrs.get("nightwatch", {}).get("reference")
         if ref:
+            if is_url(ref):  # an OME-Zarr on a web server or object storage, read in place
+                try:
+                    return with_retries(lambda: zarr.open_group(ref, mode="r", storage_options=storage_options(ref)),
+                                        ref, "opened")
+                except NightwatchError as exc:
+                    raise NightwatchError(f"The mosaic of {self.path} refers to {ref}, which cannot be read: {exc}") from exc
             if not Path(ref).exists():
                 raise NightwatchError(f"The mosaic of {self.path} refers to {ref}, which no longer exists.")
             return zarr.open_group(ref, mode="r")

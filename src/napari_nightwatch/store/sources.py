@@ -37,16 +37,18 @@ from ..io.mosaic import (
     as_yxc,
     find_ngff_image,
     mean_2x2,
+    ngff_scales,
     open_tiff,
     pyramid_shapes,
     read_raster,
     validate_image,
 )
 from ..io.ngff import placement_from_affine, placement_note, write_image_metadata
+from ..io.remote import content_token, is_url, join, scheme, url_path
 from ..io.streaming import is_dask, store_dask
 from ..io.xrf_files import check_energy_axis, cube_chunks, read_cube
 from . import layout
-from .painting import PaintingStore, file_signature
+from .painting import PaintingStore, delete_store, file_signature, store_exists
 
 
 def write_mosaic_array(
@@ -192,21 +194,34 @@ def open_or_create(store: PaintingStore | str | Path) -> PaintingStore:
     if isinstance(store, PaintingStore):
         store.require_writable()
         return store
-    p = Path(store)
-    if p.exists():
-        return PaintingStore.open(p, mode="r+")
-    return PaintingStore.create(p)
+    if store_exists(store):
+        return PaintingStore.open(store, mode="r+")
+    return PaintingStore.create(store)
 
 
 def changed_reference(store: PaintingStore) -> str | None:
     """Why the OME-Zarr the mosaic references in place no longer is what was imported, or None.
 
-    Compares the content signature recorded at import with the folder as it is now
-    (stores whose reference was signed by names and sizes only are not checked).
+    Compares the content signature recorded at import with the source as it is now: a local
+    folder (``dirc:``) or a URL (``urlc:``, see :func:`remote_ngff_signature`; a source that
+    cannot be read now is reported too). Stores whose reference was signed by names and sizes
+    only are not checked.
     """
     info = store.mosaic_info if store.has_mosaic else {}
     ref, sig = info.get("reference"), info.get("source_signature")
-    if not ref or not isinstance(sig, str) or not sig.startswith("dirc:"):
+    if not ref or not isinstance(sig, str):
+        return None
+    if sig.startswith(REMOTE_NGFF_SIGNATURE):
+        url = str(info.get("source") or ref)
+        try:
+            now = remote_ngff_signature(url)
+        except NightwatchError as exc:
+            return f"the OME-Zarr it uses in place, {url}, cannot be read now ({str(exc).rstrip('.')})"
+        if now != sig:
+            return (f"the OME-Zarr it uses in place, {url}, was changed since it was imported "
+                    "(metadata or sampled chunks differ)")
+        return None
+    if not sig.startswith("dirc:"):
         return None
     root = Path(str(info.get("source") or ref))
     if not root.exists():
@@ -217,18 +232,108 @@ def changed_reference(store: PaintingStore) -> str | None:
     return None
 
 
-def source_file_signature(path: Path) -> str | None:
+def source_file_signature(path: str | Path) -> str | None:
+    """Content signature of a mosaic or cube source: a local file or folder, or a URL.
+
+    Local sources: :func:`~napari_nightwatch.store.painting.file_signature` (None when unreadable).
+    A URL naming a Deep Zoom descriptor: :func:`remote_dzi_signature`; any other URL is an
+    OME-Zarr: :func:`remote_ngff_signature`. A URL that cannot be read raises
+    :class:`~napari_nightwatch.core.errors.NightwatchError` (one sentence naming it).
+    """
+    if is_url(path):
+        url = str(path)
+        dzi = find_dzi(url)
+        if dzi is not None:
+            return remote_dzi_signature(DeepZoomImage(dzi))
+        return remote_ngff_signature(url)
     try:
         return file_signature(path)
     except OSError:
         return None
 
 
-def _reference_ngff(path: Path, store: PaintingStore, pixel_size_um: float | None) -> None:
-    """Record an OME-Zarr image in place (no pixel copied) as the store's mosaic."""
+#: prefixes of the signatures of remote sources (local ones are "sha1:" files and "dirc:" folders)
+REMOTE_NGFF_SIGNATURE = "urlc:"
+REMOTE_DZI_SIGNATURE = "dziu:"
+#: chunk objects sampled for a remote OME-Zarr's signature: on the finest level, and on each coarser one
+REMOTE_SAMPLE_CHUNKS = (8, 2)
+
+
+def _sampled_chunk_keys(array, n: int) -> list[str]:
+    """Keys of ``n`` stored objects (chunks, or shards) spread evenly over ``array``'s grid, first and last included."""
+    shape = tuple(int(v) for v in array.shape)
+    block = getattr(array, "shards", None) or array.chunks
+    grid = tuple(max(1, -(-s // int(b))) for s, b in zip(shape, block, strict=True))
+    total = int(np.prod(grid)) if grid else 1
+    k = max(1, min(int(n), total))
+    picks = sorted({round(i * (total - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
+    return [array.metadata.encode_chunk_key(tuple(int(c) for c in np.unravel_index(i, grid))) for i in picks]
+
+
+def remote_ngff_signature(url: str) -> str:
+    """Cheap content signature of an OME-Zarr at a URL, without listing (HTTP has none).
+
+    Hashes the zarr metadata documents of the root, the image group and every level, and a
+    content token (ETag where the server gives one, else the bytes) of a deterministic sample
+    of chunk objects: :data:`REMOTE_SAMPLE_CHUNKS` per level, spread over the chunk grid. An
+    edit to metadata or to a sampled chunk changes it; an edit to any other chunk does not
+    (a local folder's signature also sees every file's size, which needs a listing).
+
+    Returns
+    -------
+    str
+        ``"urlc:"`` and 16 hex digits.
+    """
+    import hashlib
+
+    from ..io.ngff import multiscale_paths
+
+    image = find_ngff_image(url)
+    v3 = image.metadata.zarr_format == 3
+    group_docs = ["zarr.json"] if v3 else [".zgroup", ".zattrs", ".zmetadata"]
+    array_docs = ["zarr.json"] if v3 else [".zarray", ".zattrs"]
+    image_url = join(url, image.path)
+    h = hashlib.sha1(b"ngff-url")
+
+    def add(obj_url: str, rel: str) -> None:
+        h.update(rel.encode() + b"=" + content_token(obj_url, "read for its signature").encode() + b";")
+
+    for base, rel in dict.fromkeys([(url, ""), (image_url, image.path)]):
+        for d in group_docs:
+            add(join(base, d), join(rel, d))
+    for k, path in enumerate(multiscale_paths(image)):
+        array = image[path]
+        for d in array_docs:
+            add(join(image_url, path, d), join(image.path, path, d))
+        for key in _sampled_chunk_keys(array, REMOTE_SAMPLE_CHUNKS[0 if k == 0 else 1]):
+            add(join(image_url, path, key), join(image.path, path, key))
+    return REMOTE_NGFF_SIGNATURE + h.hexdigest()[:16]
+
+
+def remote_dzi_signature(image: DeepZoomImage) -> str:
+    """Signature of a remote Deep Zoom image: its descriptor and its first finest-level tile.
+
+    The tile's bytes are those the reader already holds (from its cache folder when one is
+    used), so signing costs no extra request.
+    """
+    import hashlib
+
+    first = image.tile_bytes(image.level, 0, 0)
+    return (f"{REMOTE_DZI_SIGNATURE}{hashlib.sha1(image.descriptor).hexdigest()[:16]}"
+            f"+{hashlib.sha1(first).hexdigest()[:16]}")
+
+
+def _reference_ngff(path: str | Path, store: PaintingStore, pixel_size_um: float | None, image=None) -> None:
+    """Record an OME-Zarr image in place (no pixel copied) as the store's mosaic.
+
+    ``path`` is a local folder or a URL; for a URL the reference is the URL of the image
+    group (never a local copy), read later through zarr's fsspec store.
+    """
     from ..io.ngff import axes_names, multiscale_paths, read_multiscales
 
-    image = find_ngff_image(path)
+    remote = is_url(path)
+    if image is None:
+        image = find_ngff_image(path)
     ms = read_multiscales(image)
     axes = axes_names(image).lower()
     try:
@@ -237,16 +342,7 @@ def _reference_ngff(path: Path, store: PaintingStore, pixel_size_um: float | Non
         raise NightwatchError(f"The OME-Zarr image {path} has axes {axes!r}; expected y and x axes (plus optional c, z, t).") from exc
     validate_image(view, f"The OME-Zarr image {path}")
     h, w, c = view.shape
-    yi = axes.index("y")
-    scales = []
-    for d in ms["datasets"]:
-        s = 1.0
-        for t in d.get("coordinateTransformations", []):
-            if t.get("type") == "scale":
-                s = float(t["scale"][yi])
-        scales.append(s)
-    axis_meta = ms.get("axes", [])[yi]
-    unit = axis_meta.get("unit") if isinstance(axis_meta, dict) else None
+    scales, unit = ngff_scales(image)
     factor = UNIT_TO_UM.get(unit) if unit else None
     note = None
     if pixel_size_um is not None:
@@ -257,7 +353,13 @@ def _reference_ngff(path: Path, store: PaintingStore, pixel_size_um: float | Non
         size_um, origin = DEFAULT_PIXEL_SIZE_UM, "default"
         note = f"the OME-Zarr scale has no known unit ({unit!r}); {DEFAULT_PIXEL_SIZE_UM} um per pixel assumed"
     downsamples = [max(1, round(s / scales[0])) if scales[0] > 0 else 2**i for i, s in enumerate(scales)]
-    ref_path = str(Path(image.store.root).resolve() / image.path) if hasattr(image.store, "root") else str(path.resolve())
+    if remote:
+        source = str(path)
+        ref_path = join(source, image.path)
+    else:
+        source = str(Path(path).resolve())
+        ref_path = str(Path(image.store.root).resolve() / image.path) if hasattr(image.store, "root") else source
+    signature = source_file_signature(path)
     with store.replace_part(layout.MOSAIC) as (g, made_from):
         attrs: dict[str, Any] = {
             "reference": ref_path,
@@ -268,15 +370,28 @@ def _reference_ngff(path: Path, store: PaintingStore, pixel_size_um: float | Non
             "pixel_size_from": origin,
             "downsamples": downsamples,
             "axes": axes,
-            "source": str(path.resolve()),
-            "source_signature": source_file_signature(path),
+            "source": source,
+            "source_signature": signature,
             "ngff_version": (dict(image.attrs).get("ome", {}) or ms).get("version"),
         }
         if note:
             attrs["pixel_size_note"] = note
         g.attrs["nightwatch"] = jsonable(attrs)
-        made_from.update(source=str(path.resolve()), reference=ref_path, source_signature=attrs["source_signature"],
+        made_from.update(source=source, reference=ref_path, source_signature=attrs["source_signature"],
                          shape=[h, w, c], pixel_size_um=size_um)
+
+
+def _remote_kind(url: str) -> str:
+    """What a source URL holds: "dzi" (a .dzi/.xml descriptor or a NAME_files folder) or "ngff"."""
+    if find_dzi(url) is not None:
+        return "dzi"
+    name = url_path(url).rstrip("/").rsplit("/", 1)[-1].lower()
+    if name.endswith(TIFF_SUFFIXES + RASTER_SUFFIXES):
+        raise NightwatchError(
+            f"Mosaic source {url} is a {name.rsplit('.', 1)[-1].upper()} file over {scheme(url)}://; only OME-Zarr "
+            "images and Deep Zoom (.dzi) pyramids are read from URLs, so download it and import the local file."
+        )
+    return "ngff"
 
 
 def import_mosaic(
@@ -286,6 +401,7 @@ def import_mosaic(
     pixel_size_um: float | None = None,
     chunk: int = 512,
     progress: ProgressCallback | None = None,
+    cache_dir: str | Path | None = None,
 ) -> PaintingStore:
     """Import a visible-light mosaic into a painting store.
 
@@ -295,7 +411,10 @@ def import_mosaic(
         An OME-Zarr image (NGFF 0.4 / zarr v2 or 0.5 / zarr v3; referenced in place, never
         copied or written to), a TIFF/BigTIFF or pyramidal OME-TIFF (level 0 read lazily),
         a PNG/JPEG, or a Deep Zoom image (the ``.dzi`` file, its folder, or its ``_files`` folder).
-        RGB, RGBA or greyscale, 8 or 16 bit.
+        RGB, RGBA or greyscale, 8 or 16 bit. An ``http(s)://`` or ``s3://`` URL of an OME-Zarr
+        (referenced in place by its URL) or of a ``.dzi`` descriptor (its finest-level tiles are
+        fetched one by one as the import reads them, never the whole pyramid) is read the same
+        way; credentials and endpoints come from the environment (see :mod:`napari_nightwatch.io.remote`).
     store
         A writable :class:`~napari_nightwatch.store.PaintingStore` or a path; a missing
         store is created (and removed again if the import fails).
@@ -309,33 +428,42 @@ def import_mosaic(
         Store chunk edge; memory use is a few chunks, whatever the image size (TIFF, DZI).
     progress
         ``progress(done, total, stage)``; may raise :class:`~napari_nightwatch.core.errors.Cancelled`.
+    cache_dir
+        Remote Deep Zoom sources only: a local folder where fetched tiles are kept and reused
+        by the next read of the same image (see :class:`~napari_nightwatch.io.dzi.DeepZoomImage`).
 
     Returns
     -------
     PaintingStore
         The store, with a complete "mosaic" part.
     """
-    src = Path(source)
-    if not src.exists():
-        raise NightwatchError(f"Mosaic source {src} does not exist.")
     if pixel_size_um is not None and not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
         raise NightwatchError(f"pixel_size_um={pixel_size_um!r} must be a positive number of micrometres.")
-    suffix = "".join(src.suffixes[-2:]).lower() if src.is_file() else src.suffix.lower()
-    kind = None
-    if src.is_dir() and ((src / "zarr.json").exists() or (src / ".zgroup").exists() or (src / ".zattrs").exists()):
-        kind = "ngff"
-    elif find_dzi(src) is not None:
-        kind = "dzi"
-    elif src.is_file() and src.suffix.lower() in TIFF_SUFFIXES:
-        kind = "tiff"
-    elif src.is_file() and src.suffix.lower() in RASTER_SUFFIXES:
-        kind = "raster"
-    if kind is None:
-        raise NightwatchError(
-            f"Mosaic source {src} ({suffix or 'folder'}) is not a supported format; expected an OME-Zarr folder, "
-            ".tif/.tiff/.ome.tif, .png, .jpg/.jpeg, or a Deep Zoom .dzi image."
-        )
-    created = not isinstance(store, PaintingStore) and not Path(store).exists()
+    remote = is_url(source)
+    if remote:
+        src: Path | str = str(source)
+        src_name = src
+        kind = _remote_kind(src)
+    else:
+        src, kind = Path(source), None
+        src_name = str(src.resolve())
+        if not src.exists():
+            raise NightwatchError(f"Mosaic source {src} does not exist.")
+        suffix = "".join(src.suffixes[-2:]).lower() if src.is_file() else src.suffix.lower()
+        if src.is_dir() and ((src / "zarr.json").exists() or (src / ".zgroup").exists() or (src / ".zattrs").exists()):
+            kind = "ngff"
+        elif find_dzi(src) is not None:
+            kind = "dzi"
+        elif src.is_file() and src.suffix.lower() in TIFF_SUFFIXES:
+            kind = "tiff"
+        elif src.is_file() and src.suffix.lower() in RASTER_SUFFIXES:
+            kind = "raster"
+        if kind is None:
+            raise NightwatchError(
+                f"Mosaic source {src} ({suffix or 'folder'}) is not a supported format; expected an OME-Zarr folder, "
+                ".tif/.tiff/.ome.tif, .png, .jpg/.jpeg, or a Deep Zoom .dzi image."
+            )
+    created = not isinstance(store, PaintingStore) and not store_exists(store)
     # open the source before touching the store, so an unreadable source leaves no store behind
     closer = None
     levels = None
@@ -354,9 +482,11 @@ def import_mosaic(
             except Exception as exc:
                 raise NightwatchError(f"{src} could not be read as a PNG/JPEG image ({exc}).") from exc
         elif kind == "dzi":
-            image, size = DeepZoomImage(find_dzi(src)), PixelSize(None, "none")
+            image = DeepZoomImage(find_dzi(src), cache_dir=cache_dir if remote else None)
+            size = PixelSize(None, "none")
         else:
-            image, size = None, PixelSize(None, "none")
+            # opened (metadata only) before the store is touched; the pixels stay where they are
+            image, size = find_ngff_image(src), PixelSize(None, "none")
         if pixel_size_um is None and size.source == PRINT_RESOLUTION:
             raise NightwatchError(
                 f"{src} gives only a print resolution ({size.dpi:g} dots per inch), which is not the size of a pixel "
@@ -366,10 +496,12 @@ def import_mosaic(
         try:
             if kind == "ngff":
                 report(progress, 0, 1, "mosaic")
-                _reference_ngff(src, ps, pixel_size_um)
+                _reference_ngff(src, ps, pixel_size_um, image=image)
                 report(progress, 1, 1, "mosaic")
                 return ps
-            if kind == "dzi":
+            if kind == "dzi" and remote:
+                sig = remote_dzi_signature(image)
+            elif kind == "dzi":
                 # the descriptor alone does not change when tiles do: sign the tile tree too
                 sig = f"{source_file_signature(image.path)}+{source_file_signature(image.tile_dir)}"
             else:
@@ -387,7 +519,7 @@ def import_mosaic(
             # pixel_size_from: the name stores written before pixel_size_source used
             extra["pixel_size_source"] = extra["pixel_size_from"] = origin
             try:
-                write_mosaic_array(ps, image, pixel_size_um=size_um, source=str(src.resolve()), chunk=chunk,
+                write_mosaic_array(ps, image, pixel_size_um=size_um, source=src_name, chunk=chunk,
                                    progress=progress, source_levels=levels, **extra)
             except (NightwatchError, Cancelled):
                 raise
@@ -401,9 +533,7 @@ def import_mosaic(
             return ps
         except BaseException:
             if created:
-                import shutil
-
-                shutil.rmtree(ps.path, ignore_errors=True)
+                delete_store(ps.path)
             raise
     finally:
         if closer is not None:
@@ -690,16 +820,14 @@ def import_xrf(
     extra["pixel_size_from"] = "given" if pixel_size_um is not None else "file"
     if calibration is not None and cube.calibration is not None:
         extra["file_calibration"] = cube.calibration.to_dict()
-    created = not isinstance(store, PaintingStore) and not Path(store).exists()
+    created = not isinstance(store, PaintingStore) and not store_exists(store)
     ps = open_or_create(store)
     try:
         write_xrf_cube(ps, cube.data, calibration=calib, pixel_size_um=px, source=str(src.resolve()), affine=affine,
                        progress=progress, **extra)
     except BaseException:
         if created:
-            import shutil
-
-            shutil.rmtree(ps.path, ignore_errors=True)
+            delete_store(ps.path)
         raise
     return ps
 

@@ -33,6 +33,13 @@ from .model import RH_K_KEV, Detector, continuum, family_template, scatter_templ
 BACKGROUND_MODES = ("basis", "snip")
 
 
+#: a pair of families whose areas' errors correlate by at least this much (on the weighted
+#: normal matrix) gets a per-pixel error correlation map; uncorrelated pairs are not worth a map
+OVERLAP_RHO = 0.05
+#: at most this many pairs (the most correlated), to bound the per-pixel cost and the store
+MAX_OVERLAP_PAIRS = 24
+
+
 @dataclass(eq=False)
 class FitModel:
     """The linear model shared by every pixel of a cube (see :func:`build_fit_model`).
@@ -75,6 +82,9 @@ class FitModel:
     nonneg: np.ndarray = field(init=False, repr=False)
     variance_matrix: np.ndarray = field(init=False, repr=False)
     design_t: np.ndarray = field(init=False, repr=False)
+    overlap_pairs: tuple[tuple[int, int], ...] = field(init=False, repr=False)
+    covariance_matrix: np.ndarray = field(init=False, repr=False)
+    estimator_cross: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         a = np.asarray(self.design, dtype=np.float64)
@@ -103,9 +113,31 @@ class FitModel:
         self.estimator_sq = m * m
         self.variance_matrix = self.estimator_sq @ a  # (k, k): var = x @ variance_matrix.T
         self.design_t = np.ascontiguousarray(a.T)
+        # overlapping families (Pb-L / As-K, S-K / Pb-M / Hg-M, ...): the pairs whose areas'
+        # errors are correlated by the fit, judged on the weighted normal matrix; their
+        # per-pixel covariance sum_e M_ie M_je expected_e collapses like the variance
+        nf = len(self.families)
+        dg = np.sqrt(np.diag(ginv)[:nf])
+        rho0 = ginv[:nf, :nf] / np.outer(dg, dg)
+        cand = [(abs(float(rho0[i, j])), i, j) for i in range(nf) for j in range(i + 1, nf)
+                if abs(rho0[i, j]) >= OVERLAP_RHO]
+        self.overlap_pairs = tuple(sorted((i, j) for _r, i, j in sorted(cand, reverse=True)[:MAX_OVERLAP_PAIRS]))
+        if self.overlap_pairs:
+            ii = np.array([p[0] for p in self.overlap_pairs])
+            jj = np.array([p[1] for p in self.overlap_pairs])
+            self.estimator_cross = m[ii] * m[jj]  # (P, E_fit)
+            self.covariance_matrix = self.estimator_cross @ a  # (P, k): cov = x @ covariance_matrix.T
+        else:
+            self.estimator_cross = np.zeros((0, a.shape[0]))
+            self.covariance_matrix = np.zeros((0, a.shape[1]))
         # element families must be >= 0; scatter and smooth background terms are nuisance
         # terms left free, which lets the solver eliminate them exactly (Schur complement)
         self.nonneg = np.arange(a.shape[1]) < len(self.families)
+
+    @property
+    def overlap_names(self) -> list[str]:
+        """``"A/B"`` for every overlapping pair whose per-pixel error correlation is reported."""
+        return [f"{self.families[i].name}/{self.families[j].name}" for i, j in self.overlap_pairs]
 
     @property
     def condition_number(self) -> float:
@@ -471,6 +503,10 @@ class SpectraFit:
         (n, k) every fitted coefficient (families, scatter, background).
     valid
         (n,) False where the spectrum was masked (NaN, infinite or negative counts).
+    correlation
+        (n, P) correlation of the area errors of each overlapping pair
+        (``model.overlap_pairs``, e.g. Pb-L / As-K): near -1, the fit cannot tell the two
+        apart in that pixel; near 0, they are separated.
     """
 
     areas: np.ndarray
@@ -478,6 +514,7 @@ class SpectraFit:
     chi2: np.ndarray
     terms: np.ndarray
     valid: np.ndarray
+    correlation: np.ndarray | None = None
 
 
 def fit_spectra(spectra: np.ndarray, model: FitModel, *, max_iter: int | None = None) -> SpectraFit:
@@ -537,6 +574,15 @@ def fit_spectra(spectra: np.ndarray, model: FitModel, *, max_iter: int | None = 
     if bg is not None:
         var += bg.astype(np.float64) @ model.estimator_sq.T
     np.clip(var, 0.0, None, out=var)
+    corr = None
+    if model.overlap_pairs:
+        cov = x @ model.covariance_matrix.T
+        if bg is not None:
+            cov += bg.astype(np.float64) @ model.estimator_cross.T
+        ii = [p[0] for p in model.overlap_pairs]
+        jj = [p[1] for p in model.overlap_pairs]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.clip(cov / np.sqrt(var[:, ii] * var[:, jj]), -1.0, 1.0)
     work = x @ model.design_t  # (n, E_fit) fitted, then reused in place
     expected = work + bg if bg is not None else work
     denom = np.maximum(expected, 1.0)
@@ -554,19 +600,25 @@ def fit_spectra(spectra: np.ndarray, model: FitModel, *, max_iter: int | None = 
     chi2 = chi2.astype(np.float64)
     chi2[~valid] = np.nan
     x[~valid] = np.nan
+    if corr is not None:
+        corr[~valid] = np.nan
     if single:
-        return SpectraFit(areas[0], sigma[0], chi2[:1], x[0], valid[:1])
-    return SpectraFit(areas, sigma, chi2, x, valid)
+        return SpectraFit(areas[0], sigma[0], chi2[:1], x[0], valid[:1], None if corr is None else corr[0])
+    return SpectraFit(areas, sigma, chi2, x, valid, corr)
 
 
-def fit_block(block: np.ndarray, model: FitModel) -> np.ndarray:
-    """Fit one (..., E) block of a cube; returns (..., 2 * n_families + 1) float32.
+def fit_block(block: np.ndarray, model: FitModel, with_correlation: bool = False) -> np.ndarray:
+    """Fit one (..., E) block of a cube; returns (..., 2 * n_families + 1 [+ P]) float32.
 
-    The last axis holds the areas, then their uncertainties, then reduced chi-square.
+    The last axis holds the areas, then their uncertainties, then reduced chi-square, then
+    (``with_correlation``) the error correlation of each of the model's ``overlap_pairs``.
     """
     shape = block.shape[:-1]
     res = fit_spectra(np.asarray(block).reshape(-1, block.shape[-1]), model)
-    out = np.concatenate([res.areas, res.uncertainty, res.chi2[:, None]], axis=1).astype(np.float32)
+    parts = [res.areas, res.uncertainty, res.chi2[:, None]]
+    if with_correlation and res.correlation is not None:
+        parts.append(res.correlation)
+    out = np.concatenate(parts, axis=1).astype(np.float32)
     return out.reshape(shape + (out.shape[-1],))
 
 

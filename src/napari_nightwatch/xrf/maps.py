@@ -6,12 +6,19 @@
       0                       (c, y, x) float32 fitted counts per family
       uncertainty             (c, y, x) float32 standard uncertainty (counts)
       chi2                    (y, x) float32 reduced chi-square
+      correlation             (p, y, x) float32 error correlation of each overlapping pair of
+                              families (attrs "pairs": ["Pb-L/As-K", ...]); near -1: the fit
+                              cannot tell the two apart in that pixel
       done                    (gy, gx) bool: which cube chunks are finished (resume)
     attrs["nightwatch"]       elements, calibration used and its residual (eV),
                               identification, detector, timings, spectra per second
 
 Memory stays bounded by a few cube chunks whatever the cube size; a killed run
-resumes at the first unfinished chunk when the fit model is unchanged.
+resumes at the first unfinished chunk when the fit model is unchanged. With a dask
+``client`` the chunks are fitted by the cluster's workers, each opening the store by
+its location and writing only its own map chunks; this process keeps the done-mask
+and the completion record, and the maps are byte for byte those of an in-process run
+(every chunk goes through :func:`_fit_chunk` either way).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,10 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from ..core.cluster import connected, n_workers, task_batches
 from ..core.errors import NightwatchError
 from ..core.progress import ProgressCallback, StageTimer, report
 from ..core.spectra import EnergyCalibration
-from ..store.painting import writes
+from ..store import layout
+from ..store.painting import PaintingStore, writes
 from .analysis import analyse_spectrum
 from .calibration import CalibrationResult, estimate_detector, refine_calibration
 from .fit import build_fit_model, fit_block
@@ -91,6 +101,7 @@ def fit_store(
     excitation_kev: float | None = None,
     tube_kev: float | Sequence[float] | None = RH_K_KEV,
     progress: ProgressCallback | None = None,
+    client=None,
 ) -> dict[str, Any]:
     """Fit element maps for the MA-XRF cube of a painting store and write ``xrf_maps/``.
 
@@ -137,15 +148,32 @@ def fit_store(
         cube size.
     progress
         ``progress(done, total, stage)``; may raise Cancelled (finished chunks are kept).
+    client
+        A ``dask.distributed.Client`` or a scheduler address ``"tcp://HOST:PORT"``: the
+        chunks are fitted by the cluster's workers (``workers`` threads are then unused),
+        which need the store at the same location (a shared filesystem or object
+        storage). None fits in this process. Identification and calibration run here.
 
     Returns
     -------
     dict
         Summary: elements, calibration used, calibration residual (eV), time,
-        spectra per second, and the identification when ``elements == "auto"``.
+        spectra per second, cluster workers (0 in-process), and the identification
+        when ``elements == "auto"``.
     """
     store.require_writable()
     requested_shift = _check_row_shift(row_shift)  # before any work: a bad value never costs a whole fit
+    # connect first: an unreachable scheduler is refused before minutes of identification
+    with connected(client) as cl:
+        return _fit_store(store, elements, detector=detector, background=background, calibration=calibration,
+                          refine=refine, workers=workers, overwrite=overwrite, row_shift=row_shift, block=block,
+                          pileup=pileup, include=include, exclude=exclude, excitation_kev=excitation_kev,
+                          tube_kev=tube_kev, progress=progress, client=cl, requested_shift=requested_shift)
+
+
+def _fit_store(store, elements, *, detector, background, calibration, refine, workers, overwrite, row_shift, block,
+               pileup, include, exclude, excitation_kev, tube_kev, progress, client, requested_shift) -> dict[str, Any]:
+    """:func:`fit_store` once the cluster (if any) is connected."""
     timer = StageTimer()
     t_start = time.perf_counter()
     info = store.xrf_info
@@ -236,7 +264,8 @@ def fit_store(
         raise NightwatchError(f"block={block} must be two positive numbers of pixels.")
     signature["block"] = [cy, cx]
     gy, gx = math.ceil(ny / cy), math.ceil(nx / cx)
-    group, done = _prepare_output(store, names, (ny, nx), (cy, cx), (gy, gx), signature, overwrite)
+    group, done = _prepare_output(store, names, (ny, nx), (cy, cx), (gy, gx), signature, overwrite,
+                                  pairs=model.overlap_names)
     # the row-shift correction rewrites finished maps in place: a resumed run must not apply it twice,
     # and a run asking for another correction refits from the raw fit
     applied = group.attrs.get("row_shift_applied")
@@ -248,38 +277,36 @@ def fit_store(
     total = gy * gx
     n_done = total - len(todo)
     report(progress, n_done, total, "fit element maps")
-    maps_arr, unc_arr, chi_arr, done_arr = group["0"], group["uncertainty"], group["chi2"], group["done"]
+    maps_arr, done_arr = group["0"], group["done"]
+    outputs = _outputs(group)
     nf = len(names)
     lock = threading.Lock()
     counter = {"n": n_done, "pixels": 0, "fit_s": 0.0, "read_s": 0.0, "write_s": 0.0}
 
-    def work(item: tuple[int, int]) -> None:
-        iy, ix = item
-        y0, y1 = iy * cy, min((iy + 1) * cy, ny)
-        x0, x1 = ix * cx, min((ix + 1) * cx, nx)
-        t0 = time.perf_counter()
-        block = np.asarray(zcube[y0:y1, x0:x1, :])
-        t1 = time.perf_counter()
-        out = fit_block(block, model)
-        t2 = time.perf_counter()
-        maps_arr[:, y0:y1, x0:x1] = np.moveaxis(out[..., :nf], -1, 0)
-        unc_arr[:, y0:y1, x0:x1] = np.moveaxis(out[..., nf : 2 * nf], -1, 0)
-        chi_arr[y0:y1, x0:x1] = out[..., -1]
-        t3 = time.perf_counter()
+    def record(iy: int, ix: int, cost: dict[str, float]) -> None:
+        # the done-mask is written here only, after the chunk's maps: never marked before it is written
         with lock:
             done_arr[iy, ix] = True
             counter["n"] += 1
-            counter["pixels"] += (y1 - y0) * (x1 - x0)
-            counter["read_s"] += t1 - t0
-            counter["fit_s"] += t2 - t1
-            counter["write_s"] += t3 - t2
+            counter["pixels"] += int(cost["pixels"])
+            counter["read_s"] += cost["read_s"]
+            counter["fit_s"] += cost["fit_s"]
+            counter["write_s"] += cost["write_s"]
             report(progress, counter["n"], total, "fit element maps")
 
     t_fit = time.perf_counter()
-    if workers <= 1 or len(todo) <= 1:
-        for item in todo:
-            work(item)
+    cluster_workers = 0
+    if todo and client is not None:
+        cluster_workers = n_workers(client)
+        _fit_distributed(client, store, model, todo, (cy, cx), gx, record)
+    elif workers <= 1 or len(todo) <= 1:
+        for iy, ix in todo:
+            record(iy, ix, _fit_chunk(zcube, outputs, model, nf, iy, ix, cy, cx))
     else:
+        def work(item: tuple[int, int]) -> None:
+            iy, ix = item
+            record(iy, ix, _fit_chunk(zcube, outputs, model, nf, iy, ix, cy, cx))
+
         with ThreadPoolExecutor(max_workers=int(workers)) as pool:
             # consume in order so that an exception (or Cancelled) surfaces promptly
             for _ in pool.map(work, todo):
@@ -304,6 +331,14 @@ def fit_store(
             v = sample[c][np.isfinite(sample[c])]
             hi = float(np.percentile(v, 99.5)) if v.size else 1.0
             limits.append((0.0, hi if hi > 0 else 1.0))
+        overlaps: dict[str, dict[str, float]] = {}
+        if "correlation" in group:  # how well each overlapping pair is told apart, over the scan
+            csample = np.asarray(group["correlation"][:, ::step, ::step])
+            for k, pair in enumerate(group["correlation"].attrs.get("pairs", [])):
+                v = csample[k][np.isfinite(csample[k])]
+                if v.size:
+                    overlaps[pair] = {"median": round(float(np.median(v)), 3),
+                                      "most_negative": round(float(v.min()), 3)}
     from ..io.ngff import write_image_metadata
 
     px = float(info.get("pixel_size_um") or 1.0)
@@ -325,6 +360,8 @@ def fit_store(
         "fit_range_kev": model.describe()["fit_range_kev"],
         "pixels_fitted": n_fitted,
         "chunks_resumed": total - len(todo),
+        "chunks_fitted": len(todo),
+        "cluster_workers": cluster_workers,
         "row_shift_px": applied_shift,
         "time_s": round(elapsed, 3),
         "spectra_per_second": round(n_fitted / fit_wall, 1) if fit_wall > 0 and n_fitted else None,
@@ -333,6 +370,7 @@ def fit_store(
         "instrument_families": [r["name"] for r in identification
                                 if r["origin"] == "instrument" and r["confidence"] >= 0.5],
         "refinement": None if refinement is None else refinement.to_dict(),
+        "overlap_correlation": overlaps,
     }
     group.attrs["nightwatch"] = {
         **summary, "signature": signature, "model": model.describe(),
@@ -347,6 +385,110 @@ def fit_store(
 
     sync_xrf_placement(store)
     return summary
+
+
+def _fit_chunk(zcube, outputs, model, nf: int, iy: int, ix: int, cy: int, cx: int,
+               still_current=None) -> dict[str, float] | None:
+    """Fit map chunk ``(iy, ix)`` of ``block`` ``(cy, cx)`` pixels and write its maps, uncertainty and chi2.
+
+    The one per-chunk step of both the in-process and the distributed fit, so their
+    maps are the same bytes. Writes whole chunks of the outputs only (never the done-mask).
+    ``still_current()``, if given, is asked just before writing; False writes nothing and
+    returns None.
+    """
+    maps_arr, unc_arr, chi_arr, corr_arr = outputs
+    ny, nx = int(zcube.shape[0]), int(zcube.shape[1])
+    y0, y1 = iy * cy, min((iy + 1) * cy, ny)
+    x0, x1 = ix * cx, min((ix + 1) * cx, nx)
+    t0 = time.perf_counter()
+    block = np.asarray(zcube[y0:y1, x0:x1, :])
+    t1 = time.perf_counter()
+    out = fit_block(block, model, with_correlation=corr_arr is not None)
+    t2 = time.perf_counter()
+    if still_current is not None and not still_current():
+        return None
+    maps_arr[:, y0:y1, x0:x1] = np.moveaxis(out[..., :nf], -1, 0)
+    unc_arr[:, y0:y1, x0:x1] = np.moveaxis(out[..., nf : 2 * nf], -1, 0)
+    chi_arr[y0:y1, x0:x1] = out[..., 2 * nf]
+    if corr_arr is not None:
+        corr_arr[:, y0:y1, x0:x1] = np.moveaxis(out[..., 2 * nf + 1 :], -1, 0)
+    t3 = time.perf_counter()
+    return {"pixels": (y1 - y0) * (x1 - x0), "read_s": t1 - t0, "fit_s": t2 - t1, "write_s": t3 - t2}
+
+
+def _outputs(group) -> tuple:
+    """The arrays a map chunk is written into: maps, uncertainty, chi2, correlation (or None)."""
+    return (group["0"], group["uncertainty"], group["chi2"],
+            group["correlation"] if "correlation" in group else None)
+
+
+def open_worker_store(location: str, mode: str = "r+") -> PaintingStore:
+    """The store at ``location`` opened inside a dask worker, or one sentence on why it cannot be.
+
+    A worker that cannot see the store (a local path on another machine) is the usual
+    mistake with a cluster; the sentence names the worker's host and what is needed.
+    """
+    try:
+        return PaintingStore.open(location, mode=mode)
+    except NightwatchError as exc:
+        import socket
+
+        raise NightwatchError(
+            f"A dask worker on {socket.gethostname()} could not open the painting store {location} ({exc}); "
+            "every worker needs the store at the same location, on a shared filesystem or object storage."
+        ) from exc
+
+
+def _fit_chunks_task(location: str, model, chunk_ids: list[int], block: tuple[int, int], grid_x: int,
+                     run: str) -> dict[str, Any]:
+    """Run on a dask worker: fit map chunks ``chunk_ids`` (row-major ids) of the store at ``location``.
+
+    Writes their maps only; the submitting process marks them done. Stops early when the
+    run that submitted it is no longer the store's current one (it was cancelled and the
+    maps restarted), so a left-over task never writes into newer maps.
+    """
+    store = open_worker_store(location)
+    group = store.root[MAPS_PART]
+    zcube = store.root[layout.XRF_CUBE]
+    outputs = _outputs(group)
+    nf = int(outputs[0].shape[0])
+    cy, cx = block
+    costs: dict[int, dict[str, float]] = {}
+
+    def still_current() -> bool:
+        return dict(store.root[MAPS_PART].attrs.get("nightwatch", {})).get("run") == run
+
+    for cid in chunk_ids:
+        cost = _fit_chunk(zcube, outputs, model, nf, cid // grid_x, cid % grid_x, cy, cx, still_current)
+        if cost is None:
+            break
+        costs[int(cid)] = cost
+    return {"costs": costs}
+
+
+def _fit_distributed(client, store, model, todo: list[tuple[int, int]], block: tuple[int, int], grid_x: int,
+                     record) -> None:
+    """Fit the chunks ``todo`` on the cluster; ``record(iy, ix, cost)`` here as each task returns."""
+    from distributed import as_completed
+
+    run = uuid.uuid4().hex
+    group = store.root[MAPS_PART]
+    group.attrs["nightwatch"] = {**dict(group.attrs.get("nightwatch", {})), "run": run}
+    # the fit model (a few MB of line shapes) travels once to each worker, not once per task
+    model_f = client.scatter(model, broadcast=True, hash=False)
+    ids = [iy * grid_x + ix for iy, ix in todo]
+    futures = [
+        client.submit(_fit_chunks_task, str(store.path), model_f, batch, block, grid_x, run, pure=False,
+                      key=f"nightwatch-xrf-maps-{batch[0]}-{run[:8]}")
+        for batch in task_batches(ids, client)
+    ]
+    try:
+        for fut in as_completed(futures):
+            for cid, cost in fut.result()["costs"].items():
+                record(int(cid) // grid_x, int(cid) % grid_x, cost)
+    except BaseException:
+        client.cancel(futures)
+        raise
 
 
 def _sample_spectra(store, max_pixels: int = 16384, seed: int = 0) -> np.ndarray:
@@ -399,7 +541,9 @@ def _apply_row_shift(store, group, row_shift: str | float) -> float:
         shift = float(row_shift)
     if abs(shift) < 0.05:  # below what phase correlation resolves: leave the maps alone
         return round(shift, 3)
-    for name in ("0", "uncertainty"):
+    for name in ("0", "uncertainty", "correlation"):
+        if name not in group:
+            continue
         arr = group[name]
         for c in range(arr.shape[0]):
             arr[c] = correct_row_shift(np.asarray(arr[c]), shift).astype(np.float32)
@@ -407,14 +551,16 @@ def _apply_row_shift(store, group, row_shift: str | float) -> float:
     return round(shift, 3)
 
 
-def _prepare_output(store, names, shape, chunks, grid, signature, overwrite):
+def _prepare_output(store, names, shape, chunks, grid, signature, overwrite, pairs=()):
     """The ``xrf_maps`` group and its done-mask, reused when the same model was interrupted."""
     root = store.root
+    pairs = list(pairs)
     if store.has(MAPS_PART) and not overwrite:
         g = root[MAPS_PART]
         old = dict(g.attrs.get("nightwatch", {})).get("signature")
         pending = dict(g.attrs.get("nightwatch", {})).get("pending_signature")
-        if "done" in g and (pending == signature or old == signature):
+        same_pairs = (list(g["correlation"].attrs.get("pairs", [])) if "correlation" in g else []) == pairs
+        if "done" in g and same_pairs and (pending == signature or old == signature):
             done = np.asarray(g["done"][...])
             if old == signature and store.is_complete(MAPS_PART):
                 done[:] = False  # a finished run with the same model: refit (maps may be stale)
@@ -434,6 +580,10 @@ def _prepare_output(store, names, shape, chunks, grid, signature, overwrite):
     g.create_array("0", shape=(nf, ny, nx), chunks=(nf, cy, cx), dimension_names=("c", "y", "x"), **kw)
     g.create_array("uncertainty", shape=(nf, ny, nx), chunks=(nf, cy, cx), dimension_names=("c", "y", "x"), **kw)
     g.create_array("chi2", shape=(ny, nx), chunks=(cy, cx), dimension_names=("y", "x"), **kw)
+    if pairs:
+        c = g.create_array("correlation", shape=(len(pairs), ny, nx), chunks=(len(pairs), cy, cx),
+                           dimension_names=("c", "y", "x"), **kw)
+        c.attrs["pairs"] = pairs
     g.create_array("done", shape=grid, chunks=grid, dtype=bool, fill_value=False)
     g.attrs["nightwatch"] = {"pending_signature": signature}
     return g, np.zeros(grid, bool)
@@ -453,6 +603,19 @@ def load_uncertainty(store) -> tuple[list[str], np.ndarray, np.ndarray]:
     names, _ = load_element_maps(store)
     g = store.root[MAPS_PART]
     return names, np.asarray(g["uncertainty"][...]), np.asarray(g["chi2"][...])
+
+
+def load_correlation(store) -> tuple[list[str], np.ndarray]:
+    """Overlapping pairs (``"Pb-L/As-K"``) and their per-pixel error correlation ``(p, y, x)``.
+
+    Empty when the fitted families do not overlap (or the maps predate this output).
+    """
+    load_element_maps(store)
+    g = store.root[MAPS_PART]
+    if "correlation" not in g:
+        return [], np.zeros((0,) + tuple(g["chi2"].shape), np.float32)
+    c = g["correlation"]
+    return list(c.attrs.get("pairs", [])), np.asarray(c[...])
 
 
 def export_tiffs(store, out_dir: str | Path, *, overwrite: bool = False) -> list[Path]:

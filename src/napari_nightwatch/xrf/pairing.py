@@ -8,6 +8,11 @@ is the fraction of samples it receives, i.e. its share of the tile's area).  The
 spectra are then ``W @ cube``, computed one chunk of cube rows at a time, so the
 cube is read once and never held whole.  The same matrix pairs tiles with
 element-intensity maps.
+
+With a dask ``client`` each block of cube rows is read and multiplied by a worker
+(which opens the store by its location); this process adds the blocks' sums in row
+order, through the same per-block function as the in-process run, so both give the
+same bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..core.cluster import connected, task_batches
 from ..core.errors import NightwatchError
 from ..core.geometry import as_affine
 from ..core.progress import ProgressCallback, report
@@ -140,11 +146,58 @@ def footprint_matrix(
     return w, np.concatenate(keep_tiles), np.concatenate(keep_cov)
 
 
+#: bytes of float64 cube rows read per block (whole storage chunk rows, at least one)
+BLOCK_BYTES = 256 << 20
+
+
+def _row_step(cube, n_cols: int, n_e: int) -> int:
+    """Cube rows per block: whole storage chunk rows, as many as fit in :data:`BLOCK_BYTES` of float64."""
+    ny = int(cube.shape[0])
+    chunk_rows = getattr(cube, "chunks", None)
+    if chunk_rows is not None and isinstance(chunk_rows[0], tuple):  # dask
+        step = int(max(chunk_rows[0]))
+    elif chunk_rows is not None:  # zarr
+        step = int(chunk_rows[0])
+    else:
+        step = 64
+    budget_rows = BLOCK_BYTES // max(1, 8 * n_cols * n_e)
+    return max(1, min(ny, step * max(1, budget_rows // step)))
+
+
+def _block_weights(w_csc, nx: int, y0: int, y1: int):
+    """``(rows, weights)``: the tiles that cover cube rows ``y0:y1`` and their weights there, or None."""
+    sub = w_csc[:, y0 * nx : y1 * nx]
+    if sub.nnz == 0:
+        return None
+    rows = np.unique(sub.indices)
+    return rows, sub[rows]
+
+
+def _pair_block(weights, cube, y0: int, y1: int) -> np.ndarray:
+    """``weights @ cube[y0:y1]`` in float64: one block's share of the footprint sums.
+
+    The one per-block step of both the in-process and the distributed pairing.
+    """
+    n_e = int(cube.shape[2])
+    block = np.asarray(cube[y0:y1], dtype=np.float64).reshape(-1, n_e)
+    return np.asarray(weights @ block)
+
+
+def _pair_blocks_task(location: str, blocks: list[tuple[int, int, object]]) -> list[np.ndarray]:
+    """Run on a dask worker: each ``(y0, y1, weights)`` block's sums from the store's cube at ``location``."""
+    from ..store import layout
+    from .maps import open_worker_store
+
+    cube = open_worker_store(location, mode="r").root[layout.XRF_CUBE]
+    return [_pair_block(w, cube, y0, y1) for y0, y1, w in blocks]
+
+
 def pair_cube(
     weights,
     cube,
     *,
     progress: ProgressCallback | None = None,
+    client=None,
 ) -> np.ndarray:
     """``weights @ cube`` chunk by chunk of cube rows.
 
@@ -153,39 +206,94 @@ def pair_cube(
     weights
         ``(n, ny * nx)`` sparse area weights from :func:`footprint_matrix`.
     cube
-        ``(ny, nx, n_energy)`` array (dask or zarr or numpy); read one block of rows
-        at a time, skipping rows no tile covers.
+        ``(ny, nx, n_energy)`` array (dask or zarr or numpy), or a painting store (its
+        MA-XRF cube); read one block of rows at a time, skipping rows no tile covers.
     progress
-        Optional progress callback.
+        Optional progress callback; may raise Cancelled.
+    client
+        A ``dask.distributed.Client`` or a scheduler address ``"tcp://HOST:PORT"``:
+        the blocks are read and summed by the cluster's workers. ``cube`` must then be
+        the painting store, which every worker opens at the same location (a shared
+        filesystem or object storage). None computes in this process.
 
     Returns
     -------
     numpy.ndarray
         ``(n, n_energy)`` float32 area-weighted mean spectra.
     """
-    ny, nx, n_e = cube.shape
-    chunk_rows = getattr(cube, "chunks", None)
-    if chunk_rows is not None and isinstance(chunk_rows[0], tuple):  # dask
-        step = int(max(chunk_rows[0]))
-    elif chunk_rows is not None:  # zarr
-        step = int(chunk_rows[0])
-    else:
-        step = 64
-    # read whole chunk rows, as many as fit in ~256 MB of float64
-    budget_rows = (256 << 20) // max(1, 8 * nx * n_e)
-    step = max(1, min(ny, step * max(1, budget_rows // step)))
+    from ..store.painting import PaintingStore
+
+    store = cube if isinstance(cube, PaintingStore) else None
+    if store is not None:
+        from ..store import layout
+
+        cube = store.root[layout.XRF_CUBE] if store.xrf_kind == "cube" else store.xrf_cube()  # refuses maps
+    elif client is not None:
+        raise NightwatchError(
+            "pair_cube with a dask client needs the painting store, not an array: the workers open its cube "
+            "by the store's location."
+        )
+    ny, nx, n_e = (int(v) for v in cube.shape)
+    if weights.shape[1] != ny * nx:
+        raise NightwatchError(
+            f"The footprint weights cover {weights.shape[1]} XRF pixels but the cube has {ny} x {nx} = {ny * nx}."
+        )
+    step = _row_step(cube, nx, n_e)
     w = weights.tocsc()
-    used = np.diff(w.indptr) > 0
+    spans = [(y0, min(ny, y0 + step)) for y0 in range(0, ny, step)]
+    # only the tiles over a block take part in it: the weights (and the sums coming back from
+    # a worker) stay the size of the tiles a block touches, not of every tile
+    work = {}
+    for bi, (y0, y1) in enumerate(spans):
+        bw = _block_weights(w, nx, y0, y1)
+        if bw is not None:
+            work[bi] = bw
     out = np.zeros((w.shape[0], n_e), dtype=np.float64)
-    n_blocks = -(-ny // step)
-    for bi, y0 in enumerate(range(0, ny, step)):
-        y1 = min(ny, y0 + step)
-        c0, c1 = y0 * nx, y1 * nx
-        if used[c0:c1].any():
-            block = np.asarray(cube[y0:y1], dtype=np.float64).reshape(-1, n_e)
-            out += w[:, c0:c1] @ block
-        report(progress, bi + 1, n_blocks, "pairing tiles with XRF spectra")
+    n_blocks = len(spans)
+
+    def add(bi: int, part: np.ndarray) -> None:
+        out[work[bi][0]] += part
+
+    with connected(client) as cl:
+        if cl is None:
+            for bi, (y0, y1) in enumerate(spans):
+                if bi in work:
+                    add(bi, _pair_block(work[bi][1], cube, y0, y1))
+                report(progress, bi + 1, n_blocks, "pairing tiles with XRF spectra")
+        else:
+            _pair_distributed(cl, str(store.path), spans, work, add, progress)
     return out.astype(np.float32)
+
+
+def _pair_distributed(client, location: str, spans, work, add, progress) -> None:
+    """Blocks ``work`` summed by the cluster's workers and added here in row order (the in-process order)."""
+    import time
+
+    from distributed import as_completed
+
+    n_blocks = len(spans)
+    order = sorted(work)
+    futures = {}
+    for batch in task_batches(order, client, max_per_task=4):
+        args = [(spans[bi][0], spans[bi][1], work[bi][1]) for bi in batch]
+        fut = client.submit(_pair_blocks_task, location, args, pure=False,
+                            key=f"nightwatch-pairing-{batch[0]}-{time.time_ns()}")
+        futures[fut] = batch
+    # float addition is not associative: blocks are added in row order whatever order they arrive in
+    ready: dict[int, np.ndarray] = {}
+    pos = 0
+    try:
+        for fut in as_completed(list(futures)):
+            for bi, part in zip(futures[fut], fut.result(), strict=True):
+                ready[bi] = part
+            while pos < len(order) and order[pos] in ready:
+                add(order[pos], ready.pop(order[pos]))
+                pos += 1
+                report(progress, order[pos - 1] + 1, n_blocks, "pairing tiles with XRF spectra")
+        report(progress, n_blocks, n_blocks, "pairing tiles with XRF spectra")
+    except BaseException:
+        client.cancel(list(futures))
+        raise
 
 
 def load_element_intensity_maps(store, *, required: bool = True) -> tuple[list[str] | None, np.ndarray | None]:
@@ -231,6 +339,7 @@ def pair_tiles(
     index: np.ndarray | None = None,
     min_coverage: float = 0.9,
     progress: ProgressCallback | None = None,
+    client=None,
 ) -> PairedTiles:
     """Pair a grid's tiles with the XRF spectra and element intensities under them.
 
@@ -250,6 +359,9 @@ def pair_tiles(
         Minimum fraction of a tile's area inside the scan.
     progress
         Optional progress callback.
+    client
+        A ``dask.distributed.Client`` or a scheduler address: the footprint spectra are
+        summed by the cluster's workers (see :func:`pair_cube`); None in-process.
 
     Returns
     -------
@@ -263,7 +375,7 @@ def pair_tiles(
     w, tiles, cov = footprint_matrix(grid, store.xrf_affine, (ny, nx), index=index, min_coverage=min_coverage)
     out = PairedTiles(grid, tiles, cov)
     if spectra and store.xrf_kind == "cube" and len(tiles):
-        out.spectra = pair_cube(w, store.xrf_cube(), progress=progress)
+        out.spectra = pair_cube(w, store, progress=progress, client=client)
     if elements:
         names, maps = load_element_intensity_maps(store, required=False)
         if names is not None:

@@ -2,15 +2,28 @@
 at training time (image-model features, their stack with colour and texture
 descriptors, the plain baselines, or a blend of them), validated on held-out blocks
 beside the best baseline and written to ``predicted/<name>/``; and the "scan here
-next" map of where the photograph cannot tell the composition."""
+next" map of where the photograph cannot tell the composition.
+
+The per-tile estimates (reading every tile, its descriptors, the head and the
+look-alike searches: the long part) are made chunk by chunk of tiles into a work
+area ``staging/predict-xrf-<name>/`` with a done-mask, so a killed run resumes
+there; with a dask ``client`` the cluster's workers make the chunks, each opening
+the store by its location. Both paths go through :func:`_estimate_chunk`, so the
+maps are the same bytes. The validation and the maps are then made here from all
+tiles at once (they need the held-out statistics of the whole grid)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ...core.cluster import connected, task_batches
 from ...core.errors import NightwatchError
 from ...core.progress import ProgressCallback, report
 from ...store import layout
@@ -120,6 +133,147 @@ def method_estimates(bridge, vectors: np.ndarray, bank_image_vectors: np.ndarray
     return out
 
 
+#: tiles per chunk of the per-tile estimates (the unit of resumable and distributed work): a
+#: multiple of the head's inference batch (4096) and the descriptors' read batch (512)
+PREDICT_CHUNK_TILES = 4096
+
+
+def _work_path(name: str) -> str:
+    """Where the per-tile estimates of predicted maps ``name`` are made (removed when the maps are written)."""
+    return f"{layout.STAGING}/predict-xrf-{name}"
+
+
+def _estimate_columns(bridge) -> list[tuple[str, str]]:
+    """``(method, key)`` of every per-tile array :func:`method_estimates` gives for ``bridge``, in stored order."""
+    cols = [("head", "estimate"), ("head", "ens_sd"), ("head", "spread"), ("head", "level")]
+    methods = ["joint", "neighbours"]
+    if bridge.bank_descriptors is not None and bridge.ridges:
+        methods += ["colour_knn", "descriptor_ridge", "stack"]
+    return cols + [(m, key) for m in methods for key in ("estimate", "spread", "level")]
+
+
+def _estimate_chunk(store, bridge, emb, tiles: np.ndarray, bank_img: np.ndarray, k: int,
+                    columns: list[tuple[str, str]]) -> np.ndarray:
+    """Every method's per-tile arrays for ``tiles``, side by side: ``(n, len(columns) * c)`` float32.
+
+    The one per-chunk step of both the in-process and the distributed prediction.
+    """
+    from ..embed import tile_reader
+    from .baselines import tile_descriptors
+
+    vectors = emb.read(tiles)
+    desc = tile_descriptors(tile_reader(store, emb.grid), tiles)
+    est = method_estimates(bridge, vectors, bank_img, desc, k=k)
+    made = sorted((m, key) for m, d in est.items() for key in d)
+    if made != sorted(columns):  # a new method or key must be added to _estimate_columns
+        raise NightwatchError(f"The per-tile estimates changed shape ({made} vs {sorted(columns)}); this is a bug.")
+    # one float32 table (the kNN baselines' spread and level come as float64; the maps written are float32)
+    return np.concatenate([np.asarray(est[m][key], np.float32) for m, key in columns], axis=1)
+
+
+def _predict_chunks_task(location: str, encoder_id: str, work: str, chunks: list[tuple[int, np.ndarray]], k: int,
+                         chunk_tiles: int, run: str) -> list[int]:
+    """Run on a dask worker: make and write the per-tile estimates of ``chunks`` ``(chunk id, tiles)``.
+
+    Writes those rows of the work area only; the submitting process marks them done.
+    Stops early when the run that submitted it is no longer the work area's current one
+    (it was cancelled and the area remade), so a left-over task never writes stale rows.
+    """
+    from ...xrf.maps import open_worker_store
+
+    store = open_worker_store(location)
+    bridge = load_xrf_bridge(store, encoder_id)  # cached per worker process
+    emb = open_tile_embeddings(store, bridge.grid_id, bridge.image_model_id)
+    bank_img = emb.read(bridge.bank_tiles)
+    columns = _estimate_columns(bridge)
+    out = store.root[f"{work}/estimates"]
+    written = []
+    for cid, tiles in chunks:
+        rows = _estimate_chunk(store, bridge, emb, tiles, bank_img, k, columns)
+        if dict(store.root[work].attrs.get("nightwatch", {})).get("run") != run:
+            break
+        out[cid * chunk_tiles : cid * chunk_tiles + len(tiles)] = rows
+        written.append(int(cid))
+    return written
+
+
+def _per_tile_estimates(store, bridge, emb, tiles: np.ndarray, k: int, name: str, client,
+                        progress: ProgressCallback | None) -> dict[str, dict[str, np.ndarray]]:
+    """:func:`method_estimates` of every tile, made (or resumed) chunk by chunk in the work area."""
+    from ... import __version__
+    from ...core.jsonutil import jsonable
+
+    columns = _estimate_columns(bridge)
+    c = len(bridge.element_names)
+    n = int(tiles.size)
+    chunk = PREDICT_CHUNK_TILES
+    n_chunks = math.ceil(n / chunk)
+    done_records = store.completed()
+    emb_part = layout.embeddings(bridge.grid_id, bridge.image_model_id)
+    # what the estimates are made from: a resumed run reuses finished chunks only when all of it is unchanged
+    signature = json.loads(json.dumps(jsonable({
+        "encoder_id": bridge.encoder_id,
+        "model_record": dict(done_records.get(layout.model(bridge.encoder_id), {})).get("id"),
+        "embeddings_record": dict(done_records.get(emb_part, {})).get("id"),
+        "tiles": hashlib.sha256(np.ascontiguousarray(tiles, np.int64).tobytes()).hexdigest()[:16],
+        "n_tiles": n, "k": int(k), "chunk_tiles": chunk, "columns": [list(col) for col in columns],
+        "elements": list(bridge.element_names), "package_version": __version__,
+    })))
+    work = _work_path(name)
+    if store.has(work) and store.node_attrs(work).get("signature") != signature:
+        store.remove_part(work)
+    if not store.has(work):
+        g = store.group(work, create=True)
+        g.create_array("estimates", shape=(n, len(columns) * c), dtype=np.float32,
+                       chunks=(chunk, len(columns) * c), fill_value=np.nan)
+        g.create_array("done", shape=(n_chunks,), dtype=bool, chunks=(max(1, n_chunks),), fill_value=False)
+        g.attrs["nightwatch"] = {"signature": signature}
+    g = store.root[work]
+    out, done_arr = g["estimates"], g["done"]
+    todo = [int(i) for i in np.flatnonzero(~np.asarray(done_arr[...], bool))]
+    state = {"done": n_chunks - len(todo)}
+    stage = "predict-xrf: per-tile estimates"
+    report(progress, state["done"], n_chunks, stage)
+
+    def record(cid: int) -> None:
+        done_arr[cid] = True  # only this process writes the done-mask, after the chunk's rows
+        state["done"] += 1
+        report(progress, state["done"], n_chunks, stage)
+
+    def rows(cid: int) -> np.ndarray:
+        return tiles[cid * chunk : (cid + 1) * chunk]
+
+    if todo and client is not None:
+        from distributed import as_completed
+
+        run = uuid.uuid4().hex
+        g.attrs["nightwatch"] = {**dict(g.attrs.get("nightwatch", {})), "run": run}
+        futures = [
+            client.submit(_predict_chunks_task, str(store.path), bridge.encoder_id, work,
+                          [(cid, rows(cid)) for cid in batch], int(k), chunk, run, pure=False,
+                          key=f"nightwatch-predict-xrf-{batch[0]}-{run[:8]}")
+            for batch in task_batches(todo, client, max_per_task=4)
+        ]
+        try:
+            for fut in as_completed(futures):
+                for cid in fut.result():
+                    record(cid)
+        except BaseException:
+            client.cancel(futures)
+            raise
+    elif todo:
+        bank_img = emb.read(bridge.bank_tiles)
+        for cid in todo:
+            out[cid * chunk : cid * chunk + rows(cid).size] = _estimate_chunk(store, bridge, emb, rows(cid), bank_img,
+                                                                             k, columns)
+            record(cid)
+    flat = np.asarray(out[...], np.float32)
+    est: dict[str, dict[str, np.ndarray]] = {}
+    for j, (m, key) in enumerate(columns):
+        est.setdefault(m, {})[key] = flat[:, j * c : (j + 1) * c]
+    return est
+
+
 def _require_head(bridge) -> None:
     if bridge.head is None:
         raise NightwatchError(
@@ -137,6 +291,7 @@ def predict_xrf_maps(
     name: str | None = None,
     k: int = 16,
     progress: ProgressCallback | None = None,
+    client=None,
 ) -> dict[str, Any]:
     """Predict element maps for every tile of a grid from the photograph alone.
 
@@ -153,7 +308,12 @@ def predict_xrf_maps(
     k
         Neighbours for the joint-space estimate and the spread.
     progress
-        Optional progress callback.
+        Optional progress callback; may raise Cancelled (finished chunks of the
+        per-tile estimates are kept and a rerun resumes after them).
+    client
+        A ``dask.distributed.Client`` or a scheduler address ``"tcp://HOST:PORT"``: the
+        per-tile estimates are made by the cluster's workers, which need the store at
+        the same location (a shared filesystem or object storage). None: in-process.
 
     Returns
     -------
@@ -164,13 +324,18 @@ def predict_xrf_maps(
         method's ``r_<method>`` / ``ssim_<method>`` / ``val_r_<method>``, the
         evidence flag (from the same ``r``), flagged fractions.
     """
+    store.require_writable()
+    with connected(client) as cl:  # first: an unreachable scheduler is refused before any work
+        return _predict_xrf_maps(store, encoder_id=encoder_id, grid_id=grid_id, name=name, k=k, progress=progress,
+                                 client=cl)
+
+
+def _predict_xrf_maps(store, *, encoder_id, grid_id, name, k, progress, client) -> dict[str, Any]:
+    """:func:`predict_xrf_maps` once the cluster (if any) is connected."""
     from ...core.jsonutil import jsonable
     from ...io.ngff import write_image_metadata
     from ...xrf.pairing import footprint_matrix, load_element_intensity_maps
-    from ..embed import tile_reader
-    from .baselines import tile_descriptors
 
-    store.require_writable()
     bridge = load_xrf_bridge(store, encoder_id, grid_id=grid_id)
     if grid_id is not None and grid_id != bridge.grid_id:
         raise NightwatchError(f"Spectrum encoder {bridge.encoder_id} was trained on grid {bridge.grid_id}, not {grid_id}.")
@@ -183,11 +348,9 @@ def predict_xrf_maps(
     emb = open_tile_embeddings(store, bridge.grid_id, bridge.image_model_id)
     grid = emb.grid
     tiles = emb.available
+    name = name or bridge.encoder_id
     report(progress, 0, 3, "predict-xrf")
-    vectors = emb.read(tiles)
-    bank_img = emb.read(bridge.bank_tiles)
-    desc = tile_descriptors(tile_reader(store, grid), tiles)
-    est = method_estimates(bridge, vectors, bank_img, desc, k=k)
+    est = _per_tile_estimates(store, bridge, emb, tiles, k, name, client, progress)
     report(progress, 1, 3, "predict-xrf")
     names = bridge.element_names
     c = len(names)
@@ -280,7 +443,6 @@ def predict_xrf_maps(
             "baseline": np.stack([est[bridge.selection[el]["baseline"]]["estimate"][:, i] for i, el in enumerate(names)], 1),
             "uncertainty": uncertainty}
 
-    name = name or bridge.encoder_id
     part = f"predicted/{name}"
     scale, translate = grid.map_transform()
     px = store.mosaic_pixel_size_um
@@ -332,6 +494,7 @@ def predict_xrf_maps(
     except BaseException:
         store.remove_part(part)
         raise
+    store.remove_part(_work_path(name))  # the per-tile estimates are in the maps now
     report(progress, 3, 3, "predict-xrf")
     return {"name": name, "encoder_id": bridge.encoder_id, "grid_id": bridge.grid_id, "elements": names,
             "validation": validation}

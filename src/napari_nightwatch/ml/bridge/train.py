@@ -262,6 +262,7 @@ def train_xrf_bridge(
     seed: int = 0,
     threads: int | None = None,
     progress: ProgressCallback | None = None,
+    client=None,
 ) -> dict[str, Any]:
     """Train the spectrum encoder and the inverse head on a grid's paired tiles.
 
@@ -289,6 +290,10 @@ def train_xrf_bridge(
         torch CPU threads while training (default: torch's own setting).
     progress
         ``progress(done, total, stage)``; the stage string carries the loss.
+    client
+        A ``dask.distributed.Client`` or a scheduler address ``"tcp://HOST:PORT"``: the
+        tiles are paired with the cube's spectra by the cluster's workers
+        (:func:`~napari_nightwatch.xrf.pairing.pair_cube`); training runs here.
 
     Returns
     -------
@@ -297,18 +302,21 @@ def train_xrf_bridge(
     """
     import torch
 
+    from ...core.cluster import connected
+
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
     try:
-        return _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, block_tiles, batch_size, lr,
-                                 arch, patience, min_train_tiles, max_tiles, seed, progress)
+        with connected(client) as cl:  # first: an unreachable scheduler is refused before any work
+            return _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, block_tiles, batch_size,
+                                     lr, arch, patience, min_train_tiles, max_tiles, seed, progress, cl)
     finally:
         torch.set_num_threads(before)
 
 
 def _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, block_tiles, batch_size, lr, arch,
-                      patience, min_train_tiles, max_tiles, seed, progress) -> dict[str, Any]:
+                      patience, min_train_tiles, max_tiles, seed, progress, client=None) -> dict[str, Any]:
 
     from ...core.jsonutil import jsonable
     from ...xrf.pairing import footprint_matrix, load_element_intensity_maps, pair_cube
@@ -348,7 +356,7 @@ def _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, bloc
         flat = np.nan_to_num(maps.reshape(len(names), -1).T.astype(np.float64))
         elements = np.asarray(w @ flat, dtype=np.float32)
     if kind == "cube":
-        x = pair_cube(w, store.xrf_cube(), progress=progress)
+        x = pair_cube(w, store, progress=progress, client=client)
         sumspec = store.xrf_sum_spectrum()
         ny, nx = store.xrf_shape
         cfg = SpectrumEncoderConfig(
