@@ -160,6 +160,41 @@ def test_ome_zarr_over_http_is_used_in_place_and_equals_local(http_folder, tmp_p
     assert "mosaic" in PaintingStore.open(remote.path).summary()["stale"]
 
 
+class FlakyHandler(RecordingHandler):
+    """Answers 503 (Service Unavailable) to every third request for a chunk, as a busy server does."""
+
+    def __init__(self, *args, counter: dict, **kwargs) -> None:
+        self.counter = counter
+        super().__init__(*args, **kwargs)
+
+    def send_head(self):
+        if "/c/" in self.path or self.path.rsplit("/", 1)[-1][:1].isdigit():  # zarr v3 / v2 chunk keys
+            self.counter["chunks"] += 1
+            if self.counter["chunks"] % 3 == 0:
+                self.counter["refused"] += 1
+                self.send_error(503)
+                return None
+        return super().send_head()
+
+
+def test_chunk_reads_of_a_busy_server_are_retried_not_fatal(http_folder, tmp_path):  # noqa: F811
+    # a job reads a remote OME-Zarr chunk by chunk for hours: a refused chunk is retried with
+    # back-off, and the pixels are exactly those of the files
+    img = painting_image(600, 700, seed=11)
+    src = write_ngff(http_folder.root / "busy.ome.zarr", img, "0.5")
+    counter = {"chunks": 0, "refused": 0}
+    http_folder.server.RequestHandlerClass = functools.partial(
+        FlakyHandler, directory=str(http_folder.root), record=[], counter=counter)
+    store = import_mosaic(http_folder.url(src.name), tmp_path / "busy.nightwatch.zarr")
+    np.testing.assert_array_equal(levels_of(PaintingStore.open(store.path))[0], img)
+    assert counter["refused"] >= 3  # the server really refused chunk reads along the way
+    # dask sends such arrays to cluster workers: the retrying store travels with them
+    import pickle
+
+    lv = PaintingStore.open(store.path).mosaic_levels()[1]
+    np.testing.assert_array_equal(np.asarray(pickle.loads(pickle.dumps(lv)).compute()), np.asarray(lv.compute()))
+
+
 def test_bioformats2raw_layout_found_without_listing(http_folder, tmp_path):  # noqa: F811
     img = painting_image(300, 260, seed=2)
     root = http_folder.root / "b2r.ome.zarr"

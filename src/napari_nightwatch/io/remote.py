@@ -11,10 +11,13 @@ sentence (:func:`remote_error`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from zarr.storage import WrapperStore
 
 from ..core.errors import NightwatchError
 
@@ -112,10 +115,13 @@ def remote_error(exc: BaseException, url: str, what: str = "read") -> Nightwatch
             f"{url} refused access ({st or 403}) when it was {what}; check the credentials in the environment "
             "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_PROFILE) or that the object is public."
         )
+    rerun = "(rerun the command when it is: what was finished is kept, the rest resumes)"
     if isinstance(exc, TimeoutError) or "Timeout" in name:
-        return NightwatchError(f"{url} timed out when it was {what} (after {RETRIES} attempts); is the server up?")
+        return NightwatchError(f"{url} timed out when it was {what} (after {RETRIES} attempts); is the server up? "
+                               f"{rerun}")
     return NightwatchError(
-        f"{url} could not be {what} ({name}: {exc}) after {RETRIES} attempts; is the server reachable?"
+        f"{url} could not be {what} ({name}: {str(exc)[:200]}) after {RETRIES} attempts; is the server reachable? "
+        f"{rerun}"
     )
 
 
@@ -211,6 +217,64 @@ def content_token(url: str, what: str = "read") -> str:
     return with_retries(call, url, what)
 
 
+class RetryingStore(WrapperStore):
+    """A zarr store that retries every transient failure of the wrapped (fsspec) store.
+
+    zarr reads a remote array chunk by chunk for as long as a job runs (an embed of a whole
+    painting: hours); one dropped connection must not end it. Each get/set/exists/delete
+    is retried with exponential back-off like :func:`with_retries`; when the attempts run
+    out, or the failure is not transient (403, 404 is "no chunk": a fill value), the
+    error is one sentence naming the URL.
+    """
+
+    def __init__(self, store, url: str = "") -> None:
+        super().__init__(store)
+        self.url = url or str(store)
+        self.retried = 0  # how many calls needed another attempt (for tests and logs)
+
+    def _with_store(self, store):
+        return type(self)(store, self.url)
+
+    async def _retry(self, what: str, make):
+        delay = BACKOFF_S
+        for i in range(RETRIES):
+            try:
+                return await make()
+            except Exception as exc:  # noqa: BLE001 - classified below
+                if isinstance(exc, NightwatchError) or not is_transient(exc):
+                    raise
+                if i == RETRIES - 1:
+                    raise remote_error(exc, self.url, what) from exc
+                self.retried += 1
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get(self, key, prototype, byte_range=None):
+        return await self._retry(f"read ({key})", lambda: self._store.get(key, prototype, byte_range))
+
+    async def get_partial_values(self, prototype, key_ranges):
+        key_ranges = list(key_ranges)
+        return await self._retry("read", lambda: self._store.get_partial_values(prototype, key_ranges))
+
+    async def exists(self, key):
+        return await self._retry(f"read ({key})", lambda: self._store.exists(key))
+
+    async def set(self, key, value):  # a PUT of the same bytes: safe to repeat
+        return await self._retry(f"written ({key})", lambda: self._store.set(key, value))
+
+    async def delete(self, key):
+        return await self._retry(f"written ({key})", lambda: self._store.delete(key))
+
+
+def zarr_store(url: str, read_only: bool = True):
+    """A zarr store for ``url`` (fsspec, options from the environment) that retries transient failures."""
+    from zarr.storage import FsspecStore
+
+    inner = FsspecStore.from_url(url, storage_options=storage_options(url), read_only=read_only)
+    return RetryingStore(inner, url)
+
+
 def open_zarr_group(url: str, what: str = "opened as a zarr group"):
     """The zarr group at ``url`` (read-only, zarr v2 or v3) through fsspec, with retries.
 
@@ -219,7 +283,7 @@ def open_zarr_group(url: str, what: str = "opened as a zarr group"):
     import zarr
 
     def call():
-        return zarr.open_group(url, mode="r", storage_options=storage_options(url))
+        return zarr.open_group(store=zarr_store(url), mode="r")
 
     try:
         return with_retries(call, url, what)

@@ -29,7 +29,7 @@ from ..core.errors import NightwatchError
 from ..core.geometry import as_affine
 from ..core.jsonutil import jsonable
 from ..core.spectra import EnergyCalibration
-from ..io.remote import filesystem, is_url, join, storage_options, with_retries
+from ..io.remote import filesystem, is_url, join, with_retries, zarr_store
 from . import layout
 from .layout import STORE_SUFFIX
 
@@ -160,8 +160,8 @@ def open_zarr_group(loc: str | Path, mode: str):
     import zarr
 
     if is_url(loc):
-        return with_retries(lambda: zarr.open_group(str(loc), mode=mode, zarr_format=3,
-                                                    storage_options=storage_options(str(loc))),
+        return with_retries(lambda: zarr.open_group(store=zarr_store(str(loc), read_only=mode == "r"), mode=mode,
+                                                    zarr_format=3),
                             str(loc), "opened")
     return zarr.open_group(str(loc), mode=mode, zarr_format=3)
 
@@ -587,8 +587,7 @@ class PaintingStore:
         if ref:
             if is_url(ref):  # an OME-Zarr on a web server or object storage, read in place
                 try:
-                    return with_retries(lambda: zarr.open_group(ref, mode="r", storage_options=storage_options(ref)),
-                                        ref, "opened")
+                    return with_retries(lambda: zarr.open_group(store=zarr_store(ref), mode="r"), ref, "opened")
                 except NightwatchError as exc:
                     raise NightwatchError(f"The mosaic of {self.path} refers to {ref}, which cannot be read: {exc}") from exc
             if not Path(ref).exists():
