@@ -215,6 +215,16 @@ def test_xrf_panel_maps_and_spectra(viewer_store, qtbot):
     assert w.runner.last_message == ""
     maps = [ly for ly in viewer.layers if ly.metadata.get("nightwatch_kind") == "element_map"]
     assert [ly.name for ly in maps] == ["Pb-L", "Hg-L"]  # refit replaced the old layers
+    # the per-pixel error correlation of each overlapping pair, hidden, on the maps' grid
+    from napari_nightwatch.xrf.maps import load_correlation
+
+    pairs, corr = load_correlation(PaintingStore.open(path))
+    over = [ly for ly in viewer.layers if ly.metadata.get("nightwatch_kind") == "overlap_correlation"]
+    assert [ly.name for ly in over] == [f"error correlation {p}" for p in pairs]
+    for k, ly in enumerate(over):
+        assert not ly.visible and tuple(ly.contrast_limits) == (-1.0, 1.0)
+        np.testing.assert_array_equal(ly.data, np.nan_to_num(corr[k], nan=0.0))
+        np.testing.assert_allclose(ly.scale, maps[0].scale)
     hg = viewer.layers["Hg-L"]
     assert hg.blending == "additive" and tuple(hg.colormap.colors[-1][:3]) == pytest.approx((1.0, 0.1, 0.1))
     a = store.xrf_affine

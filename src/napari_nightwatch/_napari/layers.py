@@ -342,6 +342,32 @@ def store_element_map_layers(store, names: Sequence[str] | None = None, visible:
     )
 
 
+def store_overlap_layers(store) -> list[LayerDataTuple]:
+    """Per-pixel error correlation of each overlapping pair of fitted families (``xrf_maps/correlation``).
+
+    One hidden Image layer per pair (``error correlation Pb-L/As-K``), -1..1 on a diverging
+    colormap: near -1 the fit cannot tell the two families apart in that pixel.
+    """
+    from ..xrf.maps import load_correlation
+
+    pairs, corr = load_correlation(store)
+    placement = xrf_placement(store.xrf_affine, store.mosaic_pixel_size_um)
+    out = []
+    for k, pair in enumerate(pairs):
+        kwargs = {
+            "name": f"error correlation {pair}",
+            "colormap": "twilight_shifted",
+            "contrast_limits": (-1.0, 1.0),
+            "visible": False,
+            "units": UNITS,
+            "metadata": {"nightwatch_kind": "overlap_correlation", "pair": pair,
+                         "nightwatch_store": str(store.path)},
+            **placement,
+        }
+        out.append((np.nan_to_num(np.asarray(corr[k], np.float32), nan=0.0), kwargs, "image"))
+    return out
+
+
 def predicted_map_layers(
     maps: np.ndarray,
     names: Sequence[str],

@@ -38,6 +38,8 @@ BACKGROUND_MODES = ("basis", "snip")
 OVERLAP_RHO = 0.05
 #: at most this many pairs (the most correlated), to bound the per-pixel cost and the store
 MAX_OVERLAP_PAIRS = 24
+#: spectra are fitted in sub-batches of about this many bytes of float64 channels (cache-sized)
+SUB_BATCH_BYTES = 4e6
 
 
 @dataclass(eq=False)
@@ -82,6 +84,7 @@ class FitModel:
     nonneg: np.ndarray = field(init=False, repr=False)
     variance_matrix: np.ndarray = field(init=False, repr=False)
     design_t: np.ndarray = field(init=False, repr=False)
+    design_t32: np.ndarray = field(init=False, repr=False)
     overlap_pairs: tuple[tuple[int, int], ...] = field(init=False, repr=False)
     covariance_matrix: np.ndarray = field(init=False, repr=False)
     estimator_cross: np.ndarray = field(init=False, repr=False)
@@ -113,6 +116,7 @@ class FitModel:
         self.estimator_sq = m * m
         self.variance_matrix = self.estimator_sq @ a  # (k, k): var = x @ variance_matrix.T
         self.design_t = np.ascontiguousarray(a.T)
+        self.design_t32 = self.design_t.astype(np.float32)
         # overlapping families (Pb-L / As-K, S-K / Pb-M / Hg-M, ...): the pairs whose areas'
         # errors are correlated by the fit, judged on the weighted normal matrix; their
         # per-pixel covariance sum_e M_ie M_je expected_e collapses like the variance
@@ -541,6 +545,15 @@ def fit_spectra(spectra: np.ndarray, model: FitModel, *, max_iter: int | None = 
         raise NightwatchError(
             f"The spectra have {y_all.shape[-1]} channels but the fit model expects {model.n_channels}."
         )
+    # the per-channel passes after the solve (fitted spectrum, residual, chi-square) are
+    # memory-bound: in sub-batches of ~4 MB of float64 they stay in cache (1.5x faster on
+    # 4096 spectra here). Every step is per spectrum, so the results do not change.
+    rows = max(64, int(SUB_BATCH_BYTES // (8 * (model.hi - model.lo))))
+    if y_all.shape[0] > rows:
+        parts = [fit_spectra(y_all[i : i + rows], model, max_iter=max_iter) for i in range(0, y_all.shape[0], rows)]
+        corr = None if parts[0].correlation is None else np.concatenate([p.correlation for p in parts])
+        return SpectraFit(*(np.concatenate([getattr(p, f) for p in parts])
+                            for f in ("areas", "uncertainty", "chi2", "terms", "valid")), corr)
     y = np.ascontiguousarray(y_all[:, model.lo : model.hi], dtype=np.float32)
     with np.errstate(invalid="ignore"):
         # NaN >= 0 is False, so this one pass catches NaN and negative counts
@@ -583,9 +596,11 @@ def fit_spectra(spectra: np.ndarray, model: FitModel, *, max_iter: int | None = 
         jj = [p[1] for p in model.overlap_pairs]
         with np.errstate(invalid="ignore", divide="ignore"):
             corr = np.clip(cov / np.sqrt(var[:, ii] * var[:, jj]), -1.0, 1.0)
-    work = x @ model.design_t  # (n, E_fit) fitted, then reused in place
-    expected = work + bg if bg is not None else work
-    denom = np.maximum(expected, 1.0)
+    # chi-square in float32 (half the memory traffic of these per-channel passes): a
+    # goodness-of-fit figure needs ~1e-5 relative precision, not the areas' float64
+    work = x.astype(np.float32) @ model.design_t32  # (n, E_fit) fitted, then reused in place
+    denom = np.add(work, bg) if bg is not None else work.copy()
+    np.maximum(denom, 1.0, out=denom)
     np.subtract(target, work, out=work)
     np.multiply(work, work, out=work)
     np.divide(work, denom, out=work)

@@ -200,8 +200,10 @@ class XrfWidget(Panel):
         store = self.store()
         if not (store.has("xrf_maps") and store.is_complete("xrf_maps")):
             raise NightwatchError(f"{store.path} has no element maps yet; press 'Fit element maps'.")
-        remove_store_layers(self.viewer, str(store.path), ("element_map",))
+        remove_store_layers(self.viewer, str(store.path), ("element_map", "overlap_correlation"))
         added = [add_layer_data(self.viewer, ld) for ld in L.store_element_map_layers(store)]
+        # how well overlapping families are told apart, pixel by pixel (hidden until asked for)
+        added += [add_layer_data(self.viewer, ld) for ld in L.store_overlap_layers(store)]
         self._show_calibration()
         return added
 
