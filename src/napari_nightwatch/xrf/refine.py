@@ -57,6 +57,11 @@ SUBSHELL_BOUNDS = (0.4, 2.5)
 #: the same for M groups: M-shell Coster-Kronig yields are poorly known (xraydb has none
 #: for most elements) and weak M1-M3 lines differ by up to 4x between tables
 M_BOUNDS = (0.25, 4.0)
+#: a line group is refined only if other families' fitted counts over its own lines are at
+#: most this many times its own (0 turns the check off). On the independent generator the
+#: groups above it are Sn-L L1/L2 under Ca K-alpha, K K-beta beside it, P K-beta and Hg M1-3
+#: under S-K/Pb-M (ratios 16-124), the refined ones are at most ~12
+DOMINANCE = 15.0
 #: prior width (in log scale) pulling a group towards its tabulated ratio
 PRIOR_SIGMA = 0.3
 #: groups carrying less than this share of their family are left at the tabulated ratio
@@ -329,6 +334,21 @@ def refine_sum_spectrum(
     # jointly with calibration and detector (the low-energy peak width is only pinned
     # down once the crowded 2-4 keV lines have their right ratios)
     idx = [k for k, item in enumerate(layout) if item[3]]
+    if idx and DOMINANCE:
+        # a group whose own lines sit under a far stronger line of another family (Sn-L's
+        # L-beta1 at 3.66 keV under Ca K-alpha at 3.69 keV) is not determined by the sum
+        # spectrum: refining it trades the two families' areas; keep its tabulated ratio
+        _, x_tab = m.solve(_family_columns(m.groups, layout, fams, ones))
+        cols_tab = _family_columns(m.groups, layout, fams, ones) * x_tab[: len(fams)]
+        kept = []
+        for k in idx:
+            fi = layout[k][0]
+            own = x_tab[fi] * m.groups[:, k]
+            win = own > 0.2 * own.max() if own.max() > 0 else np.zeros(own.shape, bool)
+            others = cols_tab[win].sum() - cols_tab[win, fi].sum()
+            if not win.any() or others <= DOMINANCE * own[win].sum():
+                kept.append(k)
+        idx = kept
     scales = ones.copy()
     if refine_ratios and idx:
         lb_r = np.log([layout[k][4][0] for k in idx])
