@@ -275,15 +275,17 @@ def zarr_store(url: str, read_only: bool = True):
     return RetryingStore(inner, url)
 
 
-def open_zarr_group(url: str, what: str = "opened as a zarr group"):
-    """The zarr group at ``url`` (read-only, zarr v2 or v3) through fsspec, with retries.
+def open_zarr_group(url: str, what: str = "opened as a zarr group", mode: str = "r", zarr_format: int | None = None):
+    """The zarr group at ``url`` through fsspec (:func:`zarr_store`: every chunk access retried), with retries.
 
-    A missing group (no ``zarr.json``, ``.zgroup`` or ``.zattrs`` there) is one sentence.
+    ``mode`` as for ``zarr.open_group`` (read-only by default; zarr v2 or v3 unless
+    ``zarr_format``). A missing group (no ``zarr.json``, ``.zgroup`` or ``.zattrs`` there)
+    is one sentence.
     """
     import zarr
 
     def call():
-        return zarr.open_group(store=zarr_store(url), mode="r")
+        return zarr.open_group(store=zarr_store(url, read_only=mode == "r"), mode=mode, zarr_format=zarr_format)
 
     try:
         return with_retries(call, url, what)

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.cluster import connect
+from ..core.cluster import connect, task_batches
 from ..core.errors import Cancelled, NightwatchError
 from ..core.jsonutil import jsonable
 from ..core.progress import ProgressCallback, StageTimer, report
@@ -39,6 +39,7 @@ from ..core.signature import mismatch as signature_mismatch
 from ..core.tiling import TileGrid
 from ..store import PaintingStore, layout
 from ..store.embeddings import embedding_signature
+from ..store.painting import open_worker_store
 from ..store.tiles import load_grid, make_grid
 from .clip import cached_engine
 
@@ -276,7 +277,7 @@ def _embed_block_task(
 ) -> dict[str, Any]:
     """Run on a dask worker: embed ``chunk_ids`` and write their vectors (never the done-mask)."""
     engine = cached_engine(spec)
-    store = PaintingStore.open(store_path, mode="r+")
+    store = open_worker_store(store_path)
     grid = load_grid(store, grid_id)
     vectors = store.root[f"{layout.embeddings(grid_id, model_id)}/vectors"]
     timer = _Timer()
@@ -296,9 +297,7 @@ def _run_distributed(client, store, engine, grid, model_id, todo, chunk_tiles, b
                      done_arr, on_chunk, timer) -> int:
     from distributed import as_completed
 
-    n_workers = max(1, len(client.scheduler_info().get("workers", {})))
-    per_task = max(1, min(16, math.ceil(len(todo) / (4 * n_workers))))
-    blocks = [list(map(int, todo[i : i + per_task])) for i in range(0, len(todo), per_task)]
+    blocks = task_batches(todo, client)
     futures = [
         client.submit(
             _embed_block_task, str(store.path), grid.grid_id, model_id, engine.spec, block, chunk_tiles,

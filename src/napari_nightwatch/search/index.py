@@ -66,6 +66,7 @@ from ..core.progress import ProgressCallback, report
 from ..io.remote import filesystem, is_url, join, with_retries
 from ..store import PaintingStore
 from ..store.embeddings import READ_ROWS, Embeddings, open_embeddings, resolve_grid_model, unit_rows
+from ..store.painting import open_worker_store
 
 FLAT_MAX_VECTORS = 200_000
 HNSW_MAX_VECTORS = 1_000_000
@@ -833,7 +834,7 @@ def _encode_shard(store: PaintingStore, emb: Embeddings, part: str, trained: np.
 def _encode_shard_task(location: str, grid_id: str, model_id: str, part: str, trained: np.ndarray,
                        tiles: np.ndarray, first_row: int, queries: np.ndarray, k: int) -> dict[str, Any]:
     """Run on a dask worker: open the store by its location (shared path or URL) and encode one shard."""
-    store = PaintingStore.open(location, mode="r+")
+    store = open_worker_store(location)
     emb = open_embeddings(store, grid_id, model_id)
     return _encode_shard(store, emb, part, trained, tiles, first_row, queries, k)
 

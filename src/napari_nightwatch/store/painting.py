@@ -29,7 +29,8 @@ from ..core.errors import NightwatchError
 from ..core.geometry import as_affine
 from ..core.jsonutil import jsonable
 from ..core.spectra import EnergyCalibration
-from ..io.remote import filesystem, is_url, join, with_retries, zarr_store
+from ..io.remote import filesystem, is_url, join, with_retries
+from ..io.remote import open_zarr_group as open_remote_group
 from . import layout
 from .layout import STORE_SUFFIX
 
@@ -160,9 +161,7 @@ def open_zarr_group(loc: str | Path, mode: str):
     import zarr
 
     if is_url(loc):
-        return with_retries(lambda: zarr.open_group(store=zarr_store(str(loc), read_only=mode == "r"), mode=mode,
-                                                    zarr_format=3),
-                            str(loc), "opened")
+        return open_remote_group(str(loc), "opened", mode=mode, zarr_format=3)
     return zarr.open_group(str(loc), mode=mode, zarr_format=3)
 
 
@@ -587,7 +586,7 @@ class PaintingStore:
         if ref:
             if is_url(ref):  # an OME-Zarr on a web server or object storage, read in place
                 try:
-                    return with_retries(lambda: zarr.open_group(store=zarr_store(ref), mode="r"), ref, "opened")
+                    return open_remote_group(ref, "opened")
                 except NightwatchError as exc:
                     raise NightwatchError(f"The mosaic of {self.path} refers to {ref}, which cannot be read: {exc}") from exc
             if not Path(ref).exists():
@@ -777,3 +776,20 @@ class PaintingStore:
 
     def __repr__(self) -> str:
         return f"PaintingStore({str(self.path)!r}, mode={self.mode!r})"
+
+
+def open_worker_store(location: str, mode: str = "r+") -> PaintingStore:
+    """The store at ``location`` opened inside a dask worker, or one sentence on why it cannot be.
+
+    A worker that cannot see the store (a local path on another machine) is the usual
+    mistake with a cluster; the sentence names the worker's host and what is needed.
+    """
+    try:
+        return PaintingStore.open(location, mode=mode)
+    except NightwatchError as exc:
+        import socket
+
+        raise NightwatchError(
+            f"A dask worker on {socket.gethostname()} could not open the painting store {location} ({exc}); "
+            "every worker needs the store at the same location, on a shared filesystem or object storage."
+        ) from exc

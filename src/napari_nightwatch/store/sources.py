@@ -270,7 +270,7 @@ def _sampled_chunk_keys(array, n: int) -> list[str]:
     return [array.metadata.encode_chunk_key(tuple(int(c) for c in np.unravel_index(i, grid))) for i in picks]
 
 
-def remote_ngff_signature(url: str) -> str:
+def remote_ngff_signature(url: str, image=None) -> str:
     """Cheap content signature of an OME-Zarr at a URL, without listing (HTTP has none).
 
     Hashes the zarr metadata documents of the root, the image group and every level, and a
@@ -278,6 +278,7 @@ def remote_ngff_signature(url: str) -> str:
     of chunk objects: :data:`REMOTE_SAMPLE_CHUNKS` per level, spread over the chunk grid. An
     edit to metadata or to a sampled chunk changes it; an edit to any other chunk does not
     (a local folder's signature also sees every file's size, which needs a listing).
+    ``image``: the image group :func:`find_ngff_image` gave for ``url``, if already opened.
 
     Returns
     -------
@@ -288,7 +289,7 @@ def remote_ngff_signature(url: str) -> str:
 
     from ..io.ngff import multiscale_paths
 
-    image = find_ngff_image(url)
+    image = find_ngff_image(url) if image is None else image
     v3 = image.metadata.zarr_format == 3
     group_docs = ["zarr.json"] if v3 else [".zgroup", ".zattrs", ".zmetadata"]
     array_docs = ["zarr.json"] if v3 else [".zarray", ".zattrs"]
@@ -359,7 +360,8 @@ def _reference_ngff(path: str | Path, store: PaintingStore, pixel_size_um: float
     else:
         source = str(Path(path).resolve())
         ref_path = str(Path(image.store.root).resolve() / image.path) if hasattr(image.store, "root") else source
-    signature = source_file_signature(path)
+    # the image is open already: a remote one is signed without fetching its metadata again
+    signature = remote_ngff_signature(source, image) if remote else source_file_signature(path)
     with store.replace_part(layout.MOSAIC) as (g, made_from):
         attrs: dict[str, Any] = {
             "reference": ref_path,

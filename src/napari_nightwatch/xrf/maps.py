@@ -39,7 +39,7 @@ from ..core.errors import NightwatchError
 from ..core.progress import ProgressCallback, StageTimer, report
 from ..core.spectra import EnergyCalibration
 from ..store import layout
-from ..store.painting import PaintingStore, writes
+from ..store.painting import open_worker_store, writes
 from .analysis import analyse_spectrum
 from .calibration import CalibrationResult, estimate_detector, refine_calibration
 from .fit import build_fit_model, fit_block
@@ -420,23 +420,6 @@ def _outputs(group) -> tuple:
     """The arrays a map chunk is written into: maps, uncertainty, chi2, correlation (or None)."""
     return (group["0"], group["uncertainty"], group["chi2"],
             group["correlation"] if "correlation" in group else None)
-
-
-def open_worker_store(location: str, mode: str = "r+") -> PaintingStore:
-    """The store at ``location`` opened inside a dask worker, or one sentence on why it cannot be.
-
-    A worker that cannot see the store (a local path on another machine) is the usual
-    mistake with a cluster; the sentence names the worker's host and what is needed.
-    """
-    try:
-        return PaintingStore.open(location, mode=mode)
-    except NightwatchError as exc:
-        import socket
-
-        raise NightwatchError(
-            f"A dask worker on {socket.gethostname()} could not open the painting store {location} ({exc}); "
-            "every worker needs the store at the same location, on a shared filesystem or object storage."
-        ) from exc
 
 
 def _fit_chunks_task(location: str, model, chunk_ids: list[int], block: tuple[int, int], grid_x: int,

@@ -186,7 +186,7 @@ def _pair_block(weights, cube, y0: int, y1: int) -> np.ndarray:
 def _pair_blocks_task(location: str, blocks: list[tuple[int, int, object]]) -> list[np.ndarray]:
     """Run on a dask worker: each ``(y0, y1, weights)`` block's sums from the store's cube at ``location``."""
     from ..store import layout
-    from .maps import open_worker_store
+    from ..store.painting import open_worker_store
 
     cube = open_worker_store(location, mode="r").root[layout.XRF_CUBE]
     return [_pair_block(w, cube, y0, y1) for y0, y1, w in blocks]

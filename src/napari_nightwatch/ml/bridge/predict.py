@@ -27,7 +27,7 @@ from ...core.cluster import connected, task_batches
 from ...core.errors import NightwatchError
 from ...core.progress import ProgressCallback, report
 from ...store import layout
-from ...store.painting import writes
+from ...store.painting import open_worker_store, writes
 from ...xrf.metrics import block_ssim, pearson_r, top_k_rows
 from .models import load_xrf_bridge, open_tile_embeddings
 from .split import TEST, VAL
@@ -179,7 +179,6 @@ def _predict_chunks_task(location: str, encoder_id: str, work: str, chunks: list
     Stops early when the run that submitted it is no longer the work area's current one
     (it was cancelled and the area remade), so a left-over task never writes stale rows.
     """
-    from ...xrf.maps import open_worker_store
 
     store = open_worker_store(location)
     bridge = load_xrf_bridge(store, encoder_id)  # cached per worker process
