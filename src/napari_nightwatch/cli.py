@@ -17,13 +17,7 @@ from typing import Any
 
 from .core.errors import Cancelled, NightwatchError
 from .core.progress import tqdm_progress
-
-
-def _location(text: str) -> Path | str:
-    """A store or source location: a URL (http(s)://, s3://) stays a string, anything else is a path."""
-    from .io.remote import is_url
-
-    return text if is_url(text) else Path(text)
+from .io.remote import location
 
 
 def _floats(text: str, n: int, what: str) -> tuple[float, ...]:
@@ -497,22 +491,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overwrite", action="store_true")
 
     sp = add("import-mosaic", _cmd_import_mosaic, "import a visible-light mosaic into a painting store")
-    sp.add_argument("source", type=_location, help="a file or folder, or an http(s):// or s3:// URL")
-    sp.add_argument("store", type=_location)
+    sp.add_argument("source", type=location, help="a file or folder, or an http(s):// or s3:// URL")
+    sp.add_argument("store", type=location)
     sp.add_argument("--pixel-size-um", type=float, default=None)
     sp.add_argument("--cache-dir", type=Path, default=None,
                     help="remote Deep Zoom only: keep fetched tiles in this folder and reuse them on the next read")
 
     sp = add("import-xrf", _cmd_import_xrf, "import an MA-XRF cube into a painting store")
     sp.add_argument("source", type=Path)
-    sp.add_argument("store", type=_location)
+    sp.add_argument("store", type=location)
     sp.add_argument("--energy-offset-kev", type=float, default=None)
     sp.add_argument("--energy-gain-kev", type=float, default=None)
     sp.add_argument("--pixel-size-um", type=float, default=None)
     sp.add_argument("--dataset", default=None, help="dataset path inside an HDF5 file")
 
     sp = add("info", _cmd_info, "show what a painting store holds and what is missing")
-    sp.add_argument("store", type=_location)
+    sp.add_argument("store", type=location)
 
     sp = add("demo", _cmd_demo, "build the synthetic painting, run the whole workflow, open napari")
     sp.add_argument("--out", type=Path, default=Path("demo_out"))
@@ -522,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # ------------------------------------------------------------ xrf commands (issue 3)
     sp = add("xrf-maps", _cmd_xrf_maps, "identify elements and fit per-pixel element maps of the MA-XRF cube")
-    sp.add_argument("store", type=_location)
+    sp.add_argument("store", type=location)
     sp.add_argument("--elements", default="auto", help="'auto' or families like Pb-L,Hg-L,Fe-K")
     sp.add_argument("--export", type=Path, default=None, help="folder for one float32 TIFF per family")
     sp.add_argument("--background", choices=["basis", "snip"], default="basis")
@@ -553,14 +547,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--plot", type=Path, default=None, help="write a PNG of spectrum, fit, residual and lines")
 
     sp = add("spectrum", _cmd_spectrum, "mean XRF spectrum of a pixel or rectangle of a painting store")
-    sp.add_argument("store", type=_location)
+    sp.add_argument("store", type=location)
     sp.add_argument("--pixel", default=None, help="Y,X (XRF pixels, or mosaic pixels with --mosaic)")
     sp.add_argument("--region", default=None, help="Y0,X0,Y1,X1 half-open box")
     sp.add_argument("--mosaic", action="store_true", help="coordinates are level-0 mosaic pixels")
     sp.add_argument("--out", type=Path, default=None, help="write a two-column CSV (energy_kev,counts)")
     # ------------------------------------------------------------ embedding/search commands (issue 4)
     sp = add("embed", _cmd_embed, "embed the mosaic tiles of a tile grid with a CLIP model (resumable)")
-    sp.add_argument("store", type=_location)
+    sp.add_argument("store", type=location)
     sp.add_argument("--model", default="ViT-B-32", help="open_clip architecture, nightwatch-tiny, or hf-hub:ORG/NAME")
     sp.add_argument("--pretrained", default="laion2b_s34b_b79k",
                     help="open_clip tag, checkpoint file or directory, or 'none' (random weights)")
@@ -579,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scheduler", default=None, help="dask scheduler address tcp://HOST:PORT (default: in-process)")
     sp.add_argument("--overwrite", action="store_true", help="replace embeddings made differently")
     sp = add("index", _cmd_index, "build (or extend with --add) the vector index of a grid's tile embeddings")
-    sp.add_argument("store", type=_location)
+    sp.add_argument("store", type=location)
     sp.add_argument("--grid", default=None, help="grid id, e.g. L0-t224-s224 (default: the only one)")
     sp.add_argument("--model-id", default=None, help="embeddings to index (default: the only ones)")
     sp.add_argument("--index-type", choices=("flat", "hnsw", "ivfpq"), default=None,
@@ -593,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--shard-rows", type=int, default=None, help="rows per IVF-PQ build shard (default 262144)")
 
     sp = add("search", _cmd_search, "find the tiles of one or more paintings that match a text, region, image or spectrum")
-    sp.add_argument("stores", type=_location, nargs="+", help="painting stores, searched as one collection")
+    sp.add_argument("stores", type=location, nargs="+", help="painting stores, searched as one collection")
     sp.add_argument("--text", default=None, help="what to look for, in words")
     sp.add_argument("--region", default=None, metavar="Y0,X0,Y1,X1",
                     help="exemplar region of the first store (level-0 pixels, or micrometres with --um)")
@@ -624,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="weight of the pigment's colour family in its score, 0 (elements only) to 1 (default 0.75)")
     # ------------------------------------------------------------ bridge commands (issue 5)
     sp = add("register", _cmd_register, "register the MA-XRF data onto the mosaic (control points and/or automatic)")
-    sp.add_argument("store", type=_location)
+    sp.add_argument("store", type=location)
     sp.add_argument("--points", type=Path, default=None, help="CSV with header xrf_y,xrf_x,mosaic_y,mosaic_x")
     sp.add_argument("--auto", action="store_true", help="refine by agreement of XRF images and mosaic colour")
     sp.add_argument("--kind", choices=("affine", "similarity"), default="affine", help="control-point transform")
@@ -634,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--search-px", type=float, default=6.0, help="shift search half-width in XRF pixels (--auto)")
 
     sp = add("train-xrf", _cmd_train_xrf, "train the spectrum encoder and inverse head on tiles paired with XRF")
-    sp.add_argument("store", type=_location)
+    sp.add_argument("store", type=location)
     sp.add_argument("--grid", default=None, help="grid id (default: the only one with embeddings)")
     sp.add_argument("--model-id", default=None, help="image model id of the embeddings (default: the only one)")
     sp.add_argument("--epochs", type=int, default=200, help="maximum epochs (early stopping on validation retrieval)")
@@ -646,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="dask scheduler address tcp://HOST:PORT (default: in-process); pairs tiles with spectra there")
 
     sp = add("predict-xrf", _cmd_predict_xrf, "predict element maps from the photograph; validate on held-out blocks")
-    sp.add_argument("store", type=_location)
+    sp.add_argument("store", type=location)
     sp.add_argument("--encoder", default=None, help="trained spectrum encoder id (default: the newest)")
     sp.add_argument("--grid", default=None)
     sp.add_argument("--name", default=None, help="name under predicted/ (default: the encoder id)")
@@ -656,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scheduler", default=None, help="dask scheduler address tcp://HOST:PORT (default: in-process)")
 
     sp = add("import-maps", _cmd_import_maps, "import exported element maps (images) as the XRF modality")
-    sp.add_argument("store", type=_location)
+    sp.add_argument("store", type=location)
     sp.add_argument("--map", action="append", metavar="NAME=FILE", help="element map, e.g. Pb-L=Pb.tif (repeatable)")
     sp.add_argument("--pixel-size-um", type=float, default=None, help="map pixel size (default: stretched over the mosaic)")
     sp.add_argument("--overwrite", action="store_true", help="replace existing XRF data")

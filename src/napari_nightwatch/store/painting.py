@@ -29,7 +29,7 @@ from ..core.errors import NightwatchError
 from ..core.geometry import as_affine
 from ..core.jsonutil import jsonable
 from ..core.spectra import EnergyCalibration
-from ..io.remote import filesystem, is_url, join, with_retries
+from ..io.remote import filesystem, is_url, join, location, with_retries
 from ..io.remote import open_zarr_group as open_remote_group
 from . import layout
 from .layout import STORE_SUFFIX
@@ -149,11 +149,6 @@ def file_signature(path: str | Path, max_bytes: int = 1 << 22) -> str:
             fh.seek(size - max_bytes)
             h.update(fh.read(max_bytes))
     return f"sha1:{h.hexdigest()[:16]}:{size}"
-
-
-def location(path: str | Path) -> str | Path:
-    """A store location as kept: a URL (``s3://...``, ``http(s)://...``) as a string, else a Path."""
-    return path if is_url(path) else Path(path)
 
 
 def open_zarr_group(loc: str | Path, mode: str):
