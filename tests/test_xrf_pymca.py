@@ -104,7 +104,13 @@ def test_nist_2587_tube_lines_are_instrument_not_sample():
     # certified: Fe 5.2 wt%, Pb 3242 mg/kg, Ti 6050 mg/kg, Ca, K, Mn, Zn (NIST_SRM_2587_elements.csv)
     assert {"Fe-K", "Pb-L", "Ti-K", "Ca-K", "K-K", "Mn-K", "Zn-K"} <= found
     assert not {"Rh-K", "Rh-L"} & found
-    assert "Rh-K" in instrument_families(ids) and "Rh-L" in instrument_families(ids)
+    # Rh-L (2.7 keV) is the anode's own fluorescence: tagged. Rh-K sits exactly on the
+    # tube's Rayleigh-scattered K lines, which the fit's scatter terms already explain
+    # (with the 2 % model-error floor its pattern lowers chi-square by ~24 beyond them):
+    # it may be tagged or left to the scatter terms, never proposed as a sample element
+    assert "Rh-L" in instrument_families(ids)
+    rh_k = next(r for r in ids if r.name == "Rh-K")
+    assert rh_k.origin == "instrument"
 
 
 def test_include_and_exclude():

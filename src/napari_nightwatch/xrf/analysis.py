@@ -5,7 +5,8 @@ around every strong line (a 3 % width error on a sum spectrum of 1e8 counts is t
 sigma), and such residuals pass for small phantom families (Al-K next to the Pb/Hg
 M-zeta and Si-K lines). So identification runs twice:
 
-1. a first pass proposes the families it is sure of (confidence >= ``STRONG_CONFIDENCE``);
+1. a first pass proposes the families it is sure of (``Identification.trusted``: strong, a
+   large drop of chi-square, or, for a cube, a map of its own over the pixels);
 2. the sum spectrum is refined with them (:func:`~napari_nightwatch.xrf.refine.refine_sum_spectrum`:
    calibration, detector width, each family's line-group ratios);
 3. a second pass judges every candidate against the *refined* families, detector and
@@ -28,6 +29,7 @@ from ..core.spectra import EnergyCalibration
 from .identify import (
     DEFAULT_INSTRUMENT,
     EXCLUDED_ELEMENTS,
+    STRONG_CONFIDENCE,
     Identification,
     identify_cube,
     identify_elements,
@@ -37,10 +39,6 @@ from .identify import (
 from .lines import LineFamily, get_family, line_families
 from .model import RH_K_KEV, Detector
 from .refine import Refinement, refine_sum_spectrum
-
-#: first-pass confidence at which a family is trusted enough to refine with it (9 in 10:
-#: a phantom at 0.5-0.9 must not bend the detector width or calibration towards itself)
-STRONG_CONFIDENCE = 0.9
 
 
 @dataclass
@@ -165,7 +163,7 @@ def analyse_spectrum(
         return identify_elements(axis, y, max_spectrum=max_spectrum, **kw)
 
     first = identify(e, det)
-    strong = [r for r in first if (r.present or r.instrument) and r.confidence >= STRONG_CONFIDENCE]
+    strong = [r for r in first if r.trusted]
     if not strong:
         fams = _families_of(first, excitation_kev, tube_kev)
         if not fams:

@@ -17,7 +17,7 @@ Ba-L against Ti-K near 4.5 keV, Sn-L against Sb-L). Each family is then judged b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -61,6 +61,25 @@ MAX_MAIN_OFFSET_FWHM = 0.3
 #: chi-square drop a family's own line pattern must bring, beyond the families already
 #: kept, to be proposed (an information criterion: 25 = the drop of a lone 5-sigma peak)
 IC_PENALTY = 25.0
+#: model error per channel, as a fraction of the counts, added to the Poisson variance of
+#: the identification fits (chi-square weights 1 / (y + (MODEL_ERROR * y)^2), the
+#: "systematic error" of spectral fitting). A sum spectrum of 1e8 counts has ~0.1 %
+#: Poisson noise per channel, far below how well any tabulated line ratio, peak shape or
+#: absorption edge matches a real (thick, polychromatically excited) paint layer: the
+#: +-30 % ratio errors of the independent generator leave 1-2 % misfits under strong
+#: lines, which without the floor passed for Zn-K, Br-K, Rb-K or Ba-L at 10-20 sigma. On
+#: a single spectrum of 1e5 counts (<= 1e3 per channel) it changes the weights by < 40 %.
+MODEL_ERROR = 0.02
+#: confidence at and above which the sum spectrum alone is sure of a family
+STRONG_CONFIDENCE = 0.9
+#: most confidence left to a proposed family that the pixels do not confirm (as for
+#: families failing a line-pattern check): less when its map shows even less
+HELD_CONFIDENCE = 0.2
+#: chi-square drop (with the model-error floor) above which the sum spectrum alone is
+#: enough to propose a family that is not strong; below it, a cube's pixels must confirm
+#: it (:mod:`~napari_nightwatch.xrf.spatial`): 100 = a 10-sigma drop. Measured on the
+#: independent generator: phantoms drop chi-square by 26-44, S-K under Hg-M/Pb-M by > 2e4
+SUM_ONLY_DROP = 100.0
 
 
 @dataclass(frozen=True)
@@ -88,6 +107,16 @@ class Identification:
         Main line energy.
     reason
         Why the confidence is what it is, in words.
+    chi2_drop
+        How much the family's own line pattern lowered chi-square beyond the families
+        kept before it (NaN when it was not judged).
+    pattern_ok
+        False when a line-pattern check failed (secondary lines missing, main line off
+        position, an L family without its excited K lines, M lines without L lines).
+    map_z
+        For a cube: how far the family's own map over the pixels lowers chi-square beyond
+        the families sharing its channels, in standard deviations of what noise gives
+        (:mod:`~napari_nightwatch.xrf.spatial`; NaN when not judged).
     """
 
     name: str
@@ -98,11 +127,30 @@ class Identification:
     main_energy_kev: float
     reason: str = ""
     origin: str = "sample"
+    chi2_drop: float = float("nan")
+    pattern_ok: bool = True
+    map_z: float = float("nan")
 
     @property
     def present(self) -> bool:
         """Proposed as a sample family: included by the user, or confident and not an instrument line."""
         return self.origin == "included" or (self.confidence >= PRESENT_CONFIDENCE and self.origin == "sample")
+
+    @property
+    def trusted(self) -> bool:
+        """Sure enough to refine line ratios with and to fit without further evidence.
+
+        Instrument and included families; sample families that are strong in the sum
+        spectrum (:data:`STRONG_CONFIDENCE`), whose pattern drops its chi-square by
+        :data:`SUM_ONLY_DROP` or more, or whose map over the pixels confirms them.
+        """
+        if self.instrument or self.origin == "included":
+            return True
+        if not self.present:
+            return False
+        from .spatial import SPATIAL_Z
+
+        return self.confidence >= STRONG_CONFIDENCE or self.chi2_drop >= SUM_ONLY_DROP or self.map_z >= SPATIAL_Z
 
     @property
     def instrument(self) -> bool:
@@ -119,6 +167,8 @@ class Identification:
             "main_energy_kev": float(self.main_energy_kev),
             "reason": self.reason,
             "origin": self.origin,
+            "chi2_drop": None if not np.isfinite(self.chi2_drop) else float(self.chi2_drop),
+            "map_z": None if not np.isfinite(self.map_z) else float(self.map_z),
         }
 
 
@@ -208,10 +258,7 @@ def identify_elements(
         for r in _identify_one(e, ym, det, excitation_kev, candidates, min_kev, tube_kev, flexible):
             old = found.get(r.name)
             if r.present and (old is None or r.confidence > old.confidence):
-                found[r.name] = Identification(
-                    r.name, r.confidence, r.area, r.significance, r.secondary_ratio, r.main_energy_kev,
-                    r.reason + " (max spectrum)",
-                )
+                found[r.name] = replace(r, reason=r.reason + " (max spectrum)")
         result = sorted(found.values(), key=lambda r: -r.confidence)
     return tag_origins(result, include=include, instrument=instrument, excitation_kev=excitation_kev)
 
@@ -273,8 +320,6 @@ def tag_origins(
     list of Identification
         By decreasing confidence.
     """
-    from dataclasses import replace
-
     inc = {_family_key(n, excitation_kev) for n in include}
     ins = {_family_key(n, excitation_kev) for n in instrument} - inc
     out = []
@@ -384,6 +429,7 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
     # thickness), so the strongest families get a free escape term of their own; their
     # escape (Cr-K at 3.67 keV, Fe-K at 4.66 keV) is explained before any element is
     top5 = [int(i) for i in np.argsort(-x[: len(fams)])[:5] if x[i] > 0]
+    tails = []
     for ti in top5:
         f = fams[ti]
         ec = np.asarray(f.energies_kev) - det.escape_kev
@@ -392,6 +438,14 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
             t = gaussian_peaks(e, ec[ok], np.asarray(f.intensities)[ok], det.sigma_kev(ec[ok]))[lo:hi]
             if t.sum() > 1e-3:
                 pile.append(t / t.sum())
+        # low-energy tail of the peaks (incomplete charge collection: the "short tail" of
+        # a hypermet peak, as PyMca fits it): a Gaussian model leaves it beside every strong
+        # line, where it passed for an L family between K lines (Tb-L under Fe-K). A
+        # nuisance term of the information criterion only: in the screening fit it would
+        # take a weak neighbour's counts (Al-K below Si-K)
+        t = _tail_template(f, e, det)[lo:hi]
+        if t.sum() > 1e-3:
+            tails.append(t / t.sum())
     # accepted families (``flexible``) also get one free non-negative term per line group
     # (K-alpha, K-beta, each L/M subshell): thick paint changes their ratios from pixel to
     # pixel, so a partial sum or the max spectrum has other ratios than the sum spectrum
@@ -454,11 +508,13 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
         reason = f"{z:.1f} sigma"
         ratio = np.nan
         cap = 1.0
+        ok = True
         if conf > 0.05:
             ratio, detectable = _secondary_check(fam, e[lo:hi], netr, w, a, x, j, lo, det, e)
             if detectable and np.isfinite(ratio):
                 if ratio < 0.25:
                     conf *= ratio / 0.25
+                    ok = False
                     reason += f"; secondary lines at {ratio:.2f} of expected"
                 else:
                     reason += f"; secondary lines consistent ({ratio:.2f})"
@@ -470,13 +526,16 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
             off = _main_line_offset(fam, e[lo:hi], own, w, det)
             if off is not None and off > MAX_MAIN_OFFSET_FWHM:
                 cap = 0.2
+                ok = False
                 conf = min(conf, cap)
                 reason += f"; its main-line signal peaks {off:.2f} FWHM away from {fam.main_energy_kev:.3f} keV"
-        pre.append([j, conf, area, z, ratio, reason, cap])
+        pre.append([j, conf, area, z, ratio, reason, cap, ok, float("nan")])
     # information criterion, forward selection: the candidate whose own line pattern lowers
     # chi-square most, beyond what the families kept so far (and the nuisance terms)
     # explain, is kept next, as long as that drop exceeds the penalty; overlapping
     # candidates (S-K and Mo-L at 2.3 keV) thus compete on how much each explains
+    if tails:
+        a = np.concatenate([a, np.stack(tails, axis=1)], axis=1)
     nuis_idx = list(range(nf, a.shape[1]))
     owner = np.full(a.shape[1], -1)
     if group_cols:
@@ -496,11 +555,15 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
         if f.family == "L" and f.element in k_on_axis and f.element not in seen_k and p[1] > 0.05:
             p[1] = min(p[1], 0.2)
             p[5] += f"; {f.element}-K (excited, on the axis) not found"
+            p[7] = False
             no_k.add(p[0])
     items = {p[0]: p for p in pre if p[1] > 0.05 and p[0] not in no_k}
-    gains = _forward_select(a, list(items), nuis_idx, owner, netr, w, e[lo:hi], det, fams)
+    # the information criterion judges with the model-error floor (see MODEL_ERROR)
+    w_ic = 1.0 / (np.maximum(yr, 1.0) + (MODEL_ERROR * yr) ** 2)
+    gains = _forward_select(a, list(items), nuis_idx, owner, netr, w_ic, e[lo:hi], det, fams)
     for j, item in items.items():
         gain, local = gains[j]
+        item[8] = gain
         if gain > IC_PENALTY:
             # the drop, in units of the misfit left over the family's own lines, is the
             # likelihood-ratio significance of its pattern; where it is higher than the
@@ -514,9 +577,10 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
         else:
             item[1] = min(item[1], 0.2)
             item[5] += f"; lowers chi2 by only {gain:.0f} (penalty {IC_PENALTY:.0f}) beyond the families kept"
-    for j, conf, area, z, ratio, reason, _cap in pre:
+    for j, conf, area, z, ratio, reason, _cap, ok, drop in pre:
         fam = fams[j]
-        ident = Identification(fam.name, conf, area, z, ratio, fam.main_energy_kev, reason)
+        ident = Identification(fam.name, conf, area, z, ratio, fam.main_energy_kev, reason, chi2_drop=drop,
+                               pattern_ok=ok)
         if fam.family == "M":
             pending_m.append((fam, ident))
         else:
@@ -527,12 +591,28 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
         l_name = f"{fam.element}-L"
         l_visible = any(f.name == l_name for f in fams) or l_name in area_by_name
         if l_visible and fam.element not in found_l and ident.confidence > 0:
-            ident = Identification(
-                ident.name, min(ident.confidence, 0.2), ident.area, ident.significance,
-                ident.secondary_ratio, ident.main_energy_kev, ident.reason + f"; {l_name} not found",
-            )
+            ident = replace(ident, confidence=min(ident.confidence, 0.2), pattern_ok=False,
+                            reason=ident.reason + f"; {l_name} not found")
         out.append(ident)
     return sorted(out, key=lambda r: -r.confidence)
+
+
+def _tail_template(fam: LineFamily, e: np.ndarray, det: Detector, slope_sigmas: float = 1.0) -> np.ndarray:
+    """Low-energy tail of a family's lines: an exponential of ``slope_sigmas`` detector sigmas
+    convolved with the Gaussian (the hypermet short tail), weighted by the line intensities."""
+    from scipy.special import erfc
+
+    out = np.zeros_like(e)
+    for ec, wt in zip(np.asarray(fam.energies_kev), np.asarray(fam.intensities), strict=True):
+        if wt < 1e-3:
+            continue
+        sig = float(det.sigma_kev(np.asarray([ec]))[0])
+        beta = slope_sigmas * sig
+        d = e - ec
+        with np.errstate(over="ignore", under="ignore"):
+            arg = np.minimum(d / beta + sig**2 / (2 * beta**2), 50.0)
+            out += wt * 0.5 * np.exp(arg) * erfc(d / (np.sqrt(2) * sig) + sig / (np.sqrt(2) * beta)) / beta
+    return out
 
 
 def _forward_select(a, cands, nuis_idx, owner, y, w, e, det, fams) -> dict[int, tuple[float, float]]:
@@ -682,8 +762,9 @@ def identify_cube(
     instrument: Sequence[str] = DEFAULT_INSTRUMENT,
     candidates: Sequence[LineFamily] | None = None,
     flexible: Sequence[str] = (),
+    pixel_evidence: bool = True,
 ) -> list[Identification]:
-    """Identify families in a cube: sum and max spectra, then partial sums.
+    """Identify families in a cube: sum and max spectra, partial sums, then the pixels' maps.
 
     A weak family under a strong one (S-K under Pb-M near 2.3 keV) can be below the
     noise of the whole sum spectrum and yet plain where the strong one is absent. After
@@ -706,6 +787,10 @@ def identify_cube(
         How many strong families to split the pixels by.
     include, exclude, instrument, candidates, flexible
         As for :func:`identify_elements`.
+    pixel_evidence
+        Judge the families the sum spectrum is not sure of by their own maps over the
+        pixels (:mod:`~napari_nightwatch.xrf.spatial`); needs at least
+        :data:`~napari_nightwatch.xrf.spatial.MIN_PIXELS` pixel spectra.
 
     Returns
     -------
@@ -725,9 +810,14 @@ def identify_cube(
     ids = identify_elements(energies_kev, total, max_spectrum=maxs, detector=det, excitation_kev=excitation_kev,
                             tube_kev=tube_kev, exclude=exclude, **tags)
     present = [r for r in ids if r.present or r.instrument]
-    if not present or y.shape[0] < 64 or n_split < 1:
+    if not present or y.shape[0] < 64:
         return ids
     by_name = {f.name: f for f in candidates or ()}
+    if n_split < 1:
+        if not pixel_evidence:
+            return ids
+        return _confirm_by_pixels(ids, energies_kev, y, det, excitation_kev, tube_kev, by_name,
+                                  _candidate_pool(candidates, exclude, instrument, excitation_kev, energies_kev))
     fams = [by_name.get(r.name) or get_family(r.name, excitation_kev) for r in present]
     model = build_fit_model(energies_kev, fams, detector=det, mean_spectrum=y.mean(axis=0, dtype=np.float64),
                             excitation_kev=excitation_kev, tube_kev=tube_kev)
@@ -742,8 +832,96 @@ def identify_cube(
                                    exclude=exclude, **tags):
             old = found.get(r.name)
             if r.present and (old is None or not old.present):
-                found[r.name] = Identification(
-                    r.name, r.confidence, r.area, r.significance, r.secondary_ratio, r.main_energy_kev,
-                    r.reason + f" (pixels with little {fams[k].name})", r.origin,
-                )
-    return sorted(found.values(), key=lambda r: -r.confidence)
+                found[r.name] = replace(r, reason=r.reason + f" (pixels with little {fams[k].name})")
+    ids = sorted(found.values(), key=lambda r: -r.confidence)
+    if pixel_evidence:
+        ids = _confirm_by_pixels(ids, energies_kev, y, det, excitation_kev, tube_kev, by_name,
+                                 _candidate_pool(candidates, exclude, instrument, excitation_kev, energies_kev))
+    return ids
+
+
+def _candidate_pool(candidates, exclude, instrument, excitation_kev, energies_kev) -> list[LineFamily]:
+    """The candidate families identification considers (default list, exclusions applied), instrument lines left out."""
+    e = np.asarray(energies_kev, dtype=np.float64)
+    pool = _filter_candidates(candidates, exclude, excitation_kev, 0.9, e)
+    if pool is None:
+        lo_e, hi_e = max(float(e[0]), 0.7), min(float(e[-1]), float(excitation_kev))
+        pool = [f for f in line_families(None, excitation_kev=excitation_kev, min_kev=max(0.9, lo_e + 0.1),
+                                         max_kev=hi_e - 0.1) if f.element not in EXCLUDED_ELEMENTS]
+    ins = {_family_key(n, excitation_kev) for n in instrument}
+    return [f for f in pool if f.name not in ins]
+
+
+def _confirm_by_pixels(ids, energies_kev, spectra, det, excitation_kev, tube_kev, by_name,
+                       pool) -> list[Identification]:
+    """Families that need the pixels' evidence get it (:mod:`~napari_nightwatch.xrf.spatial`).
+
+    Sure without the pixels: instrument and included families, and proposed sample
+    families that are strong (confidence >= :data:`STRONG_CONFIDENCE`) or whose pattern
+    drops the sum spectrum's chi-square by >= :data:`SUM_ONLY_DROP`. Every other sample
+    family whose line checks passed is judged by its own map over the pixels: confirmed,
+    its confidence is at least the map's; a proposed family without a map of its own is
+    held at :data:`HELD_CONFIDENCE` or below.
+    """
+    from .lines import get_family
+    from .spatial import MIN_PIXELS, SPATIAL_Z, sample_pixels, select_by_maps, spatial_confidence
+
+    px = sample_pixels(spectra)
+    if px.shape[0] < MIN_PIXELS:
+        return ids
+    tubes = [] if tube_kev is None else [float(t) for t in np.atleast_1d(tube_kev)]
+
+    def family(name):
+        return by_name.get(name) or get_family(name, excitation_kev)
+
+    def sure(r):
+        return r.trusted
+
+    accepted = [family(r.name) for r in ids if sure(r)]
+    # a tube line's own family (Rh-K of an Rh anode) is the scatter terms' job
+    accepted = [f for f in accepted if not any(abs(f.main_energy_kev - t) < 0.1 for t in tubes)]
+    # an L family needs its excited K lines, an M family its L lines, where the axis has
+    # them (K yields are 10-20x the L ones): Mo-L or Nb-L at 2.2-2.3 keV without Mo-K or
+    # Nb-K is a misfit of S-K / Pb-M / Hg-M, whatever map it has
+    on_axis = {f.name for f in pool} | {r.name for r in ids}
+    found_now = {f.name for f in accepted}
+
+    def possible(name):
+        el, fam = name.rsplit("-", 1)
+        needs = {"L": f"{el}-K", "M": f"{el}-L"}.get(fam)
+        return needs is None or needs not in on_axis or needs in found_now
+
+    judged = [r for r in ids if not sure(r) and r.origin == "sample" and r.pattern_ok and r.area > 0
+              and possible(r.name)]
+    # families the sum spectrum's fit gave no counts at all (S-K beside a strong Pb-M whose
+    # M-group ratios are free) are judged too
+    listed = {r.name for r in ids}
+    for f in pool:
+        if f.name in listed or not possible(f.name):
+            continue
+        judged.append(Identification(f.name, 0.0, 0.0, 0.0, float("nan"), f.main_energy_kev,
+                                     "no counts in the sum spectrum's fit"))
+        by_name.setdefault(f.name, f)
+    if not accepted or not judged:
+        return ids
+    ids = list(ids) + [r for r in judged if r.name not in listed]
+    z = select_by_maps(energies_kev, px, accepted, [family(r.name) for r in judged], detector=det,
+                       excitation_kev=excitation_kev, tube_kev=tube_kev)
+    out = []
+    judged_names = {r.name for r in judged}
+    for r in ids:
+        zr = z.get(r.name)
+        if r.name not in listed and (zr is None or zr < SPATIAL_Z):
+            continue  # not in the sum spectrum's fit, and no map of its own either
+        if r.name in judged_names and zr is not None:
+            r = replace(r, map_z=zr)
+            if zr >= SPATIAL_Z:
+                r = replace(r, confidence=max(r.confidence, spatial_confidence(zr)),
+                            reason=r.reason + f"; a map of its own over the pixels ({zr:.0f} sd beyond the "
+                            "families sharing its channels)")
+            elif r.present:
+                r = replace(r, confidence=min(r.confidence, max(spatial_confidence(zr), HELD_CONFIDENCE)),
+                            reason=r.reason + f"; no map of its own over the pixels ({zr:.0f} sd, "
+                            f"{SPATIAL_Z:.0f} needed) and the sum spectrum alone is not enough")
+        out.append(r)
+    return sorted(out, key=lambda r: -r.confidence)
