@@ -412,6 +412,28 @@ def _independent(args, tmp: Path, have_pymca: bool) -> None:
             far = [n for i, n in enumerate(names)
                    if _r(maps["ours (refined, basis)"][i], truth[i]) < _r(maps["oracle (generator's templates)"][i], truth[i]) - 0.03]
             print(f"  families more than 0.03 below the oracle: {far or 'none'}")
+        _identify(ic, e, total, det, tube)
+
+
+def _identify(ic, e, total, det, tube) -> None:
+    """Auto identification (no element list given) on one independent cube: found, missed, phantoms."""
+    from napari_nightwatch.xrf.analysis import analyse_spectrum
+    from xrf_independent import TUBE_KV
+
+    t0 = time.perf_counter()
+    y = ic.spectra
+    a = analyse_spectrum(e, total, max_spectrum=y.max(axis=0), pixel_spectra=y, detector=det,
+                         excitation_kev=TUBE_KV, tube_kev=tube)
+    seconds = time.perf_counter() - t0
+    painted = set(ic.families)
+    conf = {r.name: r for r in a.identifications}
+    missed = sorted(painted - set(a.sample_families))
+    absent = sorted((r for r in a.identifications if r.name not in painted and r.origin == "sample"),
+                    key=lambda r: -r.confidence)[:3]
+    weakest = min((conf[n].confidence for n in painted if n in conf), default=float("nan"))
+    print(f"  auto identification ({seconds:.1f} s): {len(painted) - len(missed)}/{len(painted)} painted families "
+          f"found (weakest confidence {weakest:.2f}), missed {missed or 'none'}; most confident absent sample "
+          "families: " + ", ".join(f"{r.name} {r.confidence:.2f}" for r in absent))
 
 
 if __name__ == "__main__":
