@@ -126,14 +126,14 @@ def run_split(store, label: str, train_region, epochs: int, class_elements) -> d
         train_xrf_bridge,
     )
     from napari_nightwatch.ml.bridge.baselines import tile_descriptors
-    from napari_nightwatch.ml.embed import _tile_reader
+    from napari_nightwatch.ml.embed import tile_reader
 
     t0 = time.perf_counter()
     tr = train_xrf_bridge(store, epochs=epochs, train_region=train_region, threads=2)
     pred = predict_xrf_maps(store, encoder_id=tr["encoder_id"], name=f"bench-{label}")
     bridge = load_xrf_bridge(store, tr["encoder_id"])
     emb = open_tile_embeddings(store, bridge.grid_id, bridge.image_model_id)
-    colour = tile_descriptors(_tile_reader(store, emb.grid), emb.available).colour
+    colour = tile_descriptors(tile_reader(store, emb.grid), emb.available).colour
     door = spectrum_door(store, bridge, emb, colour, pred["name"], class_elements)
     return {"split": label, "seconds": round(time.perf_counter() - t0, 1), "n_test": tr["n_test"],
             "validation": pred["validation"], "door": door}

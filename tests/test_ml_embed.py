@@ -286,3 +286,28 @@ def test_vectorised_mask_equals_the_per_tile_rule(tmp_path):
     want = _per_tile_mask(s16, grid)
     assert 0 < want.sum() < grid.n_tiles
     np.testing.assert_array_equal(grid.keep, want)
+
+
+def test_context_reader_is_the_mean_of_the_surrounding_window(store):
+    """Each tile's 3x3-tile window, averaged down to one tile, edges replicated beyond the mosaic."""
+    from napari_nightwatch.ml.embed import context_reader, tile_reader
+
+    grid = make_grid(store, tile=TILE, stride=TILE // 2, mask="none")
+    img = np.asarray(store.mosaic_levels()[grid.level]).astype(np.float64)
+    padded = np.pad(img, ((TILE, TILE), (TILE, TILE), (0, 0)), mode="edge")
+    read = context_reader(store, grid, 3)
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(grid.n_tiles, 24, replace=False))
+    idx = np.concatenate([[0, grid.n_tiles - 1], idx])  # two corners: windows beyond the mosaic
+    got = read(idx)
+    rows, cols = grid.row_col(idx)
+    for k, (r, c) in enumerate(zip(rows, cols, strict=True)):
+        y, x = int(r) * grid.stride, int(c) * grid.stride  # window starts TILE earlier = same index in padded
+        win = padded[y : y + 3 * TILE, x : x + 3 * TILE]
+        want = win.reshape(TILE, 3, TILE, 3, 3).mean(axis=(1, 3))
+        # uint8 output of a mean: rounding to the nearest integer, so within 0.5
+        assert np.abs(got[k].astype(np.float64) - want).max() <= 0.5 + 1e-9
+    # scale 1 is the tile itself
+    assert np.array_equal(context_reader(store, grid, 1)(idx), tile_reader(store, grid)(idx))
+    with pytest.raises(NightwatchError):
+        context_reader(store, grid, 2)

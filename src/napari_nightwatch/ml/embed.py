@@ -90,6 +90,47 @@ def tile_reader(store: PaintingStore, grid: TileGrid) -> Callable[[np.ndarray], 
     return read
 
 
+def context_reader(store: PaintingStore, grid: TileGrid, scale: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function: tile indices -> uint8 (n, tile, tile, 3), each the ``scale`` x ``scale``
+    tiles' window centred on the tile, averaged down to one tile's size (a tile's
+    surroundings at ``scale`` times its pixel size; edges replicated beyond the mosaic).
+
+    Parameters
+    ----------
+    store, grid
+        As for :func:`tile_reader`.
+    scale
+        Odd window size in tiles (3: the tile and its 8 neighbours).
+    """
+    if scale < 1 or scale % 2 == 0:
+        raise NightwatchError(f"The context scale must be an odd number of tiles; got {scale}.")
+    arr = store.mosaic_levels()[grid.level]
+    lh, lw = int(arr.shape[0]), int(arr.shape[1])
+    t, s = grid.tile, grid.stride
+    m = (scale - 1) // 2 * t
+
+    def read(index: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(index), t, t, 3), np.uint8)
+        if len(index) == 0:
+            return out
+        rows, cols = grid.row_col(index)
+        for r in np.unique(rows):
+            sel = np.flatnonzero(rows == r)
+            c = cols[sel]
+            y0, x0 = int(r) * s - m, int(c.min()) * s - m
+            y1, x1 = int(r) * s + t + m, int(c.max()) * s + t + m
+            cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, lh), min(x1, lw)
+            block = _to_8bit(np.asarray(arr[cy0:cy1, cx0:cx1].compute(scheduler="synchronous")))
+            block = np.pad(block, ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0)), mode="edge")
+            for j, cc in zip(sel, c, strict=True):
+                ox = int(cc) * s - m - x0
+                win = block[:, ox : ox + scale * t].astype(np.float32)
+                out[j] = np.round(win.reshape(t, scale, t, scale, 3).mean(axis=(1, 3))).astype(np.uint8)
+        return out
+
+    return read
+
+
 def _plan(grid: TileGrid, chunk_ids: Sequence[int], chunk_tiles: int) -> list[tuple[int, int, np.ndarray]]:
     """(chunk id, number of rows in the chunk, kept offsets within the chunk) per chunk."""
     keep = np.ones(grid.n_tiles, bool) if grid.keep is None else np.asarray(grid.keep, bool)

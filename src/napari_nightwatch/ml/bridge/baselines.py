@@ -98,27 +98,61 @@ def texture_descriptors(tiles: np.ndarray) -> np.ndarray:
     return out
 
 
+#: windows around a tile (in tiles) whose colour and texture the "stack" also sees: a
+#: tile's surroundings carry what one small tile cannot (a ground layer under several
+#: tiles, enough particles to tell their shapes apart); the plain baselines keep to the tile
+CONTEXT_SCALES = (3, 5)
+
+
 @dataclass
 class TileDescriptors:
-    """Colour statistics and texture descriptors of a set of tiles."""
+    """Colour statistics and texture descriptors of a set of tiles (and of their surroundings)."""
 
     colour: np.ndarray
     texture: np.ndarray
+    context: np.ndarray | None = None
 
     @property
     def both(self) -> np.ndarray:
         return np.concatenate([self.colour, self.texture], axis=1)
 
+    def take(self, rows) -> TileDescriptors:
+        """The descriptors of some of the tiles."""
+        ctx = None if self.context is None else self.context[rows]
+        return TileDescriptors(self.colour[rows], self.texture[rows], ctx)
 
-def tile_descriptors(read_tiles, tiles: np.ndarray, batch: int = 512) -> TileDescriptors:
-    """Descriptors of tiles read in batches (``read_tiles(index) -> (n, t, t, 3) uint8``)."""
+    def stack_features(self, vectors: np.ndarray, n_features: int | None = None) -> np.ndarray:
+        """The "stack" method's features: image-model vectors, descriptors, context descriptors.
+
+        ``n_features`` (of a fitted ridge) leaves the context out for models fitted without it.
+        """
+        parts = [np.asarray(vectors, np.float64), self.both]
+        if self.context is not None and (n_features is None or n_features > sum(p.shape[1] for p in parts)):
+            parts.append(self.context)
+        return np.concatenate(parts, axis=1)
+
+
+def tile_descriptors(read_tiles, tiles: np.ndarray, batch: int = 512, read_context=()) -> TileDescriptors:
+    """Descriptors of tiles read in batches (``read_tiles(index) -> (n, t, t, 3) uint8``).
+
+    ``read_context``: readers of each tile's surroundings (same signature, see
+    :func:`~napari_nightwatch.ml.embed.context_reader`); their colour and texture
+    descriptors, side by side, are the ``context``.
+    """
     tiles = np.asarray(tiles, np.int64)
     colour, texture = [np.zeros((0, 15))], [np.zeros((0, 26))]
+    context = [np.zeros((0, 41 * len(read_context)))]
     for s in range(0, tiles.size, batch):
-        px = read_tiles(tiles[s : s + batch])
+        idx = tiles[s : s + batch]
+        px = read_tiles(idx)
         colour.append(colour_statistics(px))
         texture.append(texture_descriptors(px))
-    return TileDescriptors(np.concatenate(colour), np.concatenate(texture))
+        if read_context:
+            wins = [r(idx) for r in read_context]
+            context.append(np.concatenate([np.concatenate([colour_statistics(w), texture_descriptors(w)], 1)
+                                           for w in wins], 1))
+    ctx = np.concatenate(context) if read_context else None
+    return TileDescriptors(np.concatenate(colour), np.concatenate(texture), ctx)
 
 
 # ------------------------------------------------------------------------------- regressors

@@ -126,8 +126,9 @@ def method_estimates(bridge, vectors: np.ndarray, bank_image_vectors: np.ndarray
     level, spread = KnnRegressor().fit(bd, be).predict(descriptors.both, return_spread=True)
     out["descriptor_ridge"] = {"estimate": bridge.ridges["descriptor_ridge"].predict(descriptors.both),
                                "spread": spread, "level": level}
-    feats = np.concatenate([np.asarray(vectors, np.float64), descriptors.both], axis=1)
-    out["stack"] = {"estimate": bridge.ridges["stack"].predict(feats), **clip_nb}
+    stack = bridge.ridges["stack"]
+    feats = descriptors.stack_features(vectors, n_features=int(stack.coef_.shape[0]))
+    out["stack"] = {"estimate": stack.predict(feats), **clip_nb}
     for m in out.values():
         m["estimate"] = np.clip(m["estimate"], 0, None).astype(np.float32)  # intensities are not negative
     return out
@@ -158,11 +159,12 @@ def _estimate_chunk(store, bridge, emb, tiles: np.ndarray, bank_img: np.ndarray,
 
     The one per-chunk step of both the in-process and the distributed prediction.
     """
-    from ..embed import tile_reader
-    from .baselines import tile_descriptors
+    from ..embed import context_reader, tile_reader
+    from .baselines import CONTEXT_SCALES, tile_descriptors
 
     vectors = emb.read(tiles)
-    desc = tile_descriptors(tile_reader(store, emb.grid), tiles)
+    desc = tile_descriptors(tile_reader(store, emb.grid), tiles,
+                            read_context=[context_reader(store, emb.grid, s) for s in CONTEXT_SCALES])
     est = method_estimates(bridge, vectors, bank_img, desc, k=k)
     made = sorted((m, key) for m, d in est.items() for key in d)
     if made != sorted(columns):  # a new method or key must be added to _estimate_columns

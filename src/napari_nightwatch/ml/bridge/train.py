@@ -152,14 +152,13 @@ def _tile_blocks(grid, tiles: np.ndarray, block_tiles: int) -> np.ndarray:
     return (r // block_tiles) * (-(-grid.n_cols // block_tiles)) + c // block_tiles
 
 
-def _fit_descriptor_models(vectors, desc_both, y, blocks, seed):
+def _fit_descriptor_models(vectors, desc, y, blocks, seed):
     from .baselines import RidgeRegressor
 
     y = np.asarray(y, np.float64)
     return {
-        "descriptor_ridge": RidgeRegressor().fit(desc_both, y, blocks, seed=seed),
-        "stack": RidgeRegressor().fit(np.concatenate([np.asarray(vectors, np.float64), desc_both], 1), y, blocks,
-                                      seed=seed),
+        "descriptor_ridge": RidgeRegressor().fit(desc.both, y, blocks, seed=seed),
+        "stack": RidgeRegressor().fit(desc.stack_features(vectors), y, blocks, seed=seed),
     }
 
 
@@ -181,9 +180,9 @@ def _choose_per_element(store, grid, tiles, split, vectors, elements, z_all, hea
     from types import SimpleNamespace
 
     from ...xrf.metrics import pearson_r
-    from ..embed import tile_reader
+    from ..embed import context_reader, tile_reader
     from .baselines import (
-        TileDescriptors,
+        CONTEXT_SCALES,
         block_folds,
         choose_methods,
         cross_fitted_blend,
@@ -193,8 +192,9 @@ def _choose_per_element(store, grid, tiles, split, vectors, elements, z_all, hea
     from .predict import method_estimates
 
     tr, va = split == TRAIN, split == VAL
-    desc = tile_descriptors(tile_reader(store, grid), tiles)
-    ridges = _fit_descriptor_models(vectors[tr], desc.both[tr], elements[tr], _tile_blocks(grid, tiles[tr], block_tiles),
+    desc = tile_descriptors(tile_reader(store, grid), tiles,
+                            read_context=[context_reader(store, grid, s) for s in CONTEXT_SCALES])
+    ridges = _fit_descriptor_models(vectors[tr], desc.take(tr), elements[tr], _tile_blocks(grid, tiles[tr], block_tiles),
                                     seed)
     # spatial cross-validation inside the training area
     region = np.flatnonzero(tr | va)
@@ -217,8 +217,8 @@ def _choose_per_element(store, grid, tiles, split, vectors, elements, z_all, hea
                              elements[fit[inner_val]], seed=seed, epochs=250, patience=40)
         bank = SimpleNamespace(head=f_head, temperature=temperature, bank_vectors=z_all[fit], bank_elements=elements[fit],
                                bank_descriptors=desc.both[fit],
-                               ridges=_fit_descriptor_models(vectors[fit], desc.both[fit], elements[fit], fit_blocks, seed))
-        est = method_estimates(bank, vectors[held], vectors[fit], TileDescriptors(desc.colour[held], desc.texture[held]))
+                               ridges=_fit_descriptor_models(vectors[fit], desc.take(fit), elements[fit], fit_blocks, seed))
+        est = method_estimates(bank, vectors[held], vectors[fit], desc.take(held))
         for m in CANDIDATES:
             oof[m][folds == f] = est[m]["estimate"]
     meas = elements[region].astype(np.float64)
