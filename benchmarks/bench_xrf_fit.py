@@ -230,6 +230,9 @@ def main(argv=None) -> int:
     p.add_argument("--independent-size", type=int, default=64, help="edge of the independent generator's cubes")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the independent generator")
     p.add_argument("--no-independent", action="store_true", help="skip the independent-generator part")
+    p.add_argument("--independent-tile", type=int, default=1,
+                   help="lay each independent cube k x k times side by side (a scan of realistic size: the "
+                        "refinement is a fixed cost per scan, so end-to-end ratios depend on the pixel count)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("job", nargs="?", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -348,12 +351,15 @@ def _independent(args, tmp: Path, have_pymca: bool) -> None:
     tube = [20.074, 20.216, 22.724]
     seeds = [int(v) for v in str(args.seeds).split(",") if v.strip()]
     size = 32 if args.quick else args.independent_size
-    print(f"\nindependent generator (tests/xrf_independent.py): {len(seeds)} seeds, {size} x {size} x 2048")
+    n_tile = max(1, int(args.independent_tile))
+    print(f"\nindependent generator (tests/xrf_independent.py): {len(seeds)} seeds, {size} x {size} x 2048"
+          + (f", each laid {n_tile} x {n_tile} times side by side ({size * n_tile} x {size * n_tile} spectra)"
+             if n_tile > 1 else ""))
     for seed in seeds:
         ic = make_cube(seed, size=size)
         names = list(ic.families)
         cube_path = tmp / f"ind_{seed}.npy"
-        np.save(cube_path, ic.cube)
+        np.save(cube_path, np.tile(ic.cube, (n_tile, n_tile, 1)))
         e = NOMINAL_OFFSET_KEV + NOMINAL_GAIN_KEV * np.arange(ic.cube.shape[-1])
         total = ic.spectra.sum(axis=0, dtype=np.float64)
         det = estimate_detector(e, total)
@@ -377,9 +383,13 @@ def _independent(args, tmp: Path, have_pymca: bool) -> None:
                                                      2)
             files["PyMca (per-pixel SNIP)"] = f"ind_pymca_{seed}.npy"
         maps = {k: np.load(tmp / f).reshape(len(names), -1) for k, f in files.items()}
-        maps["oracle (generator's templates)"] = oracle_fit(ic).T
-        truth = ic.truth_flat.T
-        n_spectra = ic.spectra.shape[0]
+        def tiled(flat, n=n_tile):  # (pixels, F) of one cube -> (F, pixels) of the n x n mosaic, in its pixel order
+            img = flat.reshape(size, size, -1)
+            return np.tile(img, (n, n, 1)).reshape(-1, img.shape[-1]).T
+
+        maps["oracle (generator's templates)"] = tiled(oracle_fit(ic))
+        truth = tiled(ic.truth_flat)
+        n_spectra = ic.spectra.shape[0] * n_tile * n_tile
         print(f"\nseed {seed}: {n_spectra} spectra; r vs truth")
         print(f"{'method':32s} {'spectra/s':>10s} " + " ".join(f"{n:>7s}" for n in names))
         for k, m in maps.items():
