@@ -94,3 +94,30 @@ def test_sample_pixels_drops_bad_rows_and_caps_the_count():
     # seeded: the same sample every time
     assert np.array_equal(sample_pixels(np.arange(50000.0).reshape(-1, 10)),
                           sample_pixels(np.arange(50000.0).reshape(-1, 10)))
+
+
+def _au_cube(consistent: bool, seed: int = 0, side: int = 48) -> np.ndarray:
+    """Lead white plus Au-L-shaped signal whose L-alpha group and other lines follow one map
+    (gold) or two unrelated maps (what thick-paint matrix residuals under Pb-L look like)."""
+    rng = np.random.default_rng(seed)
+    fam = get_family("Au-L", 40.0)
+    ec = np.asarray(fam.energies_kev)
+    main = np.abs(ec - fam.main_energy_kev) <= float(DET.fwhm_kev(fam.main_energy_kev))
+    pb = _smooth_field(rng, side, 2e3, 2e4)
+    t_pb = lines_spectrum(get_family("Pb-L", 40.0), E, DET)
+    t_main, t_rest = lines_spectrum(fam, E, DET, main), lines_spectrum(fam, E, DET, ~main)
+    a = _smooth_field(rng, side, 0.0, 1.0) ** 2 * 2e3
+    b = a if consistent else _smooth_field(rng, side, 0.0, 1.0) ** 2 * 2e3
+    lam = pb[:, None] * (t_pb / t_pb.sum())[None] + 2.0
+    lam += a[:, None] * (t_main / (t_main.sum() + t_rest.sum()))[None]
+    lam += b[:, None] * (t_rest / (t_main.sum() + t_rest.sum()))[None]
+    return rng.poisson(lam).astype(np.float64)
+
+
+def test_an_l_family_needs_the_same_map_at_its_separate_lines():
+    acc, cand = [get_family("Pb-L", 40.0)], [get_family("Au-L", 40.0)]
+    real = map_drops(E, _au_cube(True), acc, cand, **KW)["Au-L"]
+    mixed = map_drops(E, _au_cube(False), acc, cand, **KW)["Au-L"]
+    assert real > 5 * SPATIAL_Z  # gold: one map at L-alpha and at L-beta/gamma
+    # two unrelated maps: a large drop, but not one element's pattern (held at 0)
+    assert mixed <= 0.0
