@@ -64,30 +64,7 @@ def _to_8bit(block: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------- pipeline
 def tile_reader(store: PaintingStore, grid: TileGrid) -> Callable[[np.ndarray], np.ndarray]:
     """A function: tile indices -> uint8 (n, tile, tile, 3), one region read per row-segment."""
-    arr = store.mosaic_levels()[grid.level]
-    lh, lw = int(arr.shape[0]), int(arr.shape[1])
-    t, s = grid.tile, grid.stride
-
-    def read(index: np.ndarray) -> np.ndarray:
-        out = np.zeros((len(index), t, t, 3), np.uint8)
-        if len(index) == 0:
-            return out
-        rows, cols = grid.row_col(index)
-        for r in np.unique(rows):
-            sel = np.flatnonzero(rows == r)
-            c = cols[sel]
-            y0, x0 = int(r) * s, int(c.min()) * s
-            y1, x1 = y0 + t, int(c.max()) * s + t
-            block = np.asarray(arr[y0:min(y1, lh), x0:min(x1, lw)].compute(scheduler="synchronous"))
-            block = _to_8bit(block)
-            if block.shape[:2] != (y1 - y0, x1 - x0):  # a level smaller than the grid expects: pad
-                block = np.pad(block, ((0, y1 - y0 - block.shape[0]), (0, x1 - x0 - block.shape[1]), (0, 0)))
-            for j, cc in zip(sel, c, strict=True):
-                ox = (int(cc) * s) - x0
-                out[j] = block[:, ox : ox + t]
-        return out
-
-    return read
+    return _window_reader(store, grid, 1, pad_mode="constant")
 
 
 def context_reader(store: PaintingStore, grid: TileGrid, scale: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -104,6 +81,13 @@ def context_reader(store: PaintingStore, grid: TileGrid, scale: int) -> Callable
     """
     if scale < 1 or scale % 2 == 0:
         raise NightwatchError(f"The context scale must be an odd number of tiles; got {scale}.")
+    return _window_reader(store, grid, scale, pad_mode="edge")
+
+
+def _window_reader(store: PaintingStore, grid: TileGrid, scale: int, pad_mode: str):
+    """Windows of ``scale`` x ``scale`` tiles centred on tiles, averaged down to one tile,
+    one region read per row-segment; beyond the level: zeros (``"constant"``) or the edge
+    replicated (``"edge"``)."""
     arr = store.mosaic_levels()[grid.level]
     lh, lw = int(arr.shape[0]), int(arr.shape[1])
     t, s = grid.tile, grid.stride
@@ -121,11 +105,16 @@ def context_reader(store: PaintingStore, grid: TileGrid, scale: int) -> Callable
             y1, x1 = int(r) * s + t + m, int(c.max()) * s + t + m
             cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, lh), min(x1, lw)
             block = _to_8bit(np.asarray(arr[cy0:cy1, cx0:cx1].compute(scheduler="synchronous")))
-            block = np.pad(block, ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0)), mode="edge")
+            if block.shape[:2] != (y1 - y0, x1 - x0):  # beyond the level (or a level smaller than the grid expects)
+                block = np.pad(block, ((cy0 - y0, y1 - cy1), (cx0 - x0, x1 - cx1), (0, 0)), mode=pad_mode)
             for j, cc in zip(sel, c, strict=True):
                 ox = int(cc) * s - m - x0
-                win = block[:, ox : ox + scale * t].astype(np.float32)
-                out[j] = np.round(win.reshape(t, scale, t, scale, 3).mean(axis=(1, 3))).astype(np.uint8)
+                win = block[:, ox : ox + scale * t]
+                if scale == 1:
+                    out[j] = win
+                else:
+                    win = win.astype(np.float32).reshape(t, scale, t, scale, 3).mean(axis=(1, 3))
+                    out[j] = np.round(win).astype(np.uint8)
         return out
 
     return read

@@ -286,12 +286,16 @@ def _filter_candidates(candidates, exclude, excitation_kev, min_kev, e):
         else:
             drop_el.add(_normalise_element(str(item)))
     if candidates is None:
-        lo_e = max(float(e[0]), min_kev - 0.2)
-        hi_e = min(float(e[-1]), float(excitation_kev))
-        candidates = line_families(None, excitation_kev=excitation_kev, min_kev=max(min_kev, lo_e + 0.1),
-                                   max_kev=hi_e - 0.1)
-        candidates = [f for f in candidates if f.element not in EXCLUDED_ELEMENTS]
+        candidates = _default_families(e, excitation_kev, min_kev)
     return [f for f in candidates if f.name not in drop_fam and f.element not in drop_el]
+
+
+def _default_families(e: np.ndarray, excitation_kev: float, min_kev: float) -> list[LineFamily]:
+    """Every excitable family (no unstable or noble-gas element) with its main line on the axis."""
+    lo_e = max(float(e[0]), min_kev - 0.2)
+    hi_e = min(float(e[-1]), float(excitation_kev))
+    fams = line_families(None, excitation_kev=excitation_kev, min_kev=max(min_kev, lo_e + 0.1), max_kev=hi_e - 0.1)
+    return [f for f in fams if f.element not in EXCLUDED_ELEMENTS]
 
 
 def tag_origins(
@@ -375,8 +379,7 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
     lo_e = max(float(e[0]), min_kev - 0.2)
     hi_e = min(float(e[-1]), float(excitation_kev))
     if candidates is None:
-        fams = line_families(None, excitation_kev=excitation_kev, min_kev=max(min_kev, lo_e + 0.1), max_kev=hi_e - 0.1)
-        fams = [f for f in fams if f.element not in EXCLUDED_ELEMENTS]
+        fams = _default_families(e, excitation_kev, min_kev)
     else:
         fams = [f for f in candidates if lo_e <= f.main_energy_kev <= hi_e]
     if not fams:
@@ -845,9 +848,7 @@ def _candidate_pool(candidates, exclude, instrument, excitation_kev, energies_ke
     e = np.asarray(energies_kev, dtype=np.float64)
     pool = _filter_candidates(candidates, exclude, excitation_kev, 0.9, e)
     if pool is None:
-        lo_e, hi_e = max(float(e[0]), 0.7), min(float(e[-1]), float(excitation_kev))
-        pool = [f for f in line_families(None, excitation_kev=excitation_kev, min_kev=max(0.9, lo_e + 0.1),
-                                         max_kev=hi_e - 0.1) if f.element not in EXCLUDED_ELEMENTS]
+        pool = _default_families(e, excitation_kev, 0.9)
     ins = {_family_key(n, excitation_kev) for n in instrument}
     return [f for f in pool if f.name not in ins]
 
@@ -874,10 +875,7 @@ def _confirm_by_pixels(ids, energies_kev, spectra, det, excitation_kev, tube_kev
     def family(name):
         return by_name.get(name) or get_family(name, excitation_kev)
 
-    def sure(r):
-        return r.trusted
-
-    accepted = [family(r.name) for r in ids if sure(r)]
+    accepted = [family(r.name) for r in ids if r.trusted]
     # a tube line's own family (Rh-K of an Rh anode) is the scatter terms' job
     accepted = [f for f in accepted if not any(abs(f.main_energy_kev - t) < 0.1 for t in tubes)]
     # an L family needs its excited K lines, an M family its L lines, where the axis has
@@ -891,7 +889,7 @@ def _confirm_by_pixels(ids, energies_kev, spectra, det, excitation_kev, tube_kev
         needs = {"L": f"{el}-K", "M": f"{el}-L"}.get(fam)
         return needs is None or needs not in on_axis or needs in found_now
 
-    judged = [r for r in ids if not sure(r) and r.origin == "sample" and r.pattern_ok and r.area > 0
+    judged = [r for r in ids if not r.trusted and r.origin == "sample" and r.pattern_ok and r.area > 0
               and possible(r.name)]
     # families the sum spectrum's fit gave no counts at all (S-K beside a strong Pb-M whose
     # M-group ratios are free) are judged too
