@@ -10,7 +10,8 @@ config, or ``--model ViT-B-32``), bridge training, prediction. Printed per split
 (spatial blocks, and train on the left half / predict the right half):
 
 - held-out r (and SSIM) per element of the kept method, of each baseline
-  (colour-statistics kNN, colour + texture ridge) and of the CLIP head alone, the
+  (colour-statistics kNN, colour + texture ridge), of the CLIP head alone and of the
+  kernel and context-kNN candidates, the
   mean r and the largest shortfall of the kept method against the best baseline;
 - the spectrum door: an element-vector / spectrum query made from tiles of the
   training area retrieves tiles of the held-out area; precision@10 scored by the
@@ -37,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "miniature-vis-xrf"
-SHOWN = ("r", "r_colour_knn", "r_descriptor_ridge", "r_head")
+SHOWN = ("r", "r_colour_knn", "r_descriptor_ridge", "r_head", "r_kernel", "r_context_knn")
 
 
 def miniature_store(work: Path):
@@ -145,7 +146,7 @@ def print_table(name: str, results: list[dict], elements: list[str]) -> None:
         val = res["validation"]
         print(f"-- split: {res['split']} ({res['n_test']} held-out tiles, {res['seconds']} s)")
         print(f"{'element':8s} {'ours':>15s} {'kept':>17s} {'colour kNN':>15s} {'col+tex ridge':>15s} "
-              f"{'CLIP head':>15s} {'skill':>7s} {'evidence':>8s}")
+              f"{'CLIP head':>15s} {'kernel':>7s} {'ctx kNN':>7s} {'skill':>7s} {'evidence':>8s}")
         for el in elements:
             v = val[el]
             cells = [f"{_f(v['r'])} ({_f(v['ssim'], 2)})", v["method"],
@@ -153,8 +154,9 @@ def print_table(name: str, results: list[dict], elements: list[str]) -> None:
                      f"{_f(v['r_descriptor_ridge'])} ({_f(v['ssim_descriptor_ridge'], 2)})",
                      f"{_f(v['r_head'])} ({_f(v['ssim_head'], 2)})"]
             print(f"{el:8s} {cells[0]:>15s} {cells[1]:>17s} {cells[2]:>15s} {cells[3]:>15s} {cells[4]:>15s} "
+                  f"{_f(v.get('r_kernel')):>7s} {_f(v.get('r_context_knn')):>7s} "
                   f"{_f(v['skill']):>7s} {'yes' if v['evidence'] else 'no':>8s}")
-        rs = {k: [val[el][k] for el in elements if val[el][k] is not None] for k in SHOWN}
+        rs = {k: [val[el][k] for el in elements if val[el].get(k) is not None] for k in SHOWN}
         best_base = [max(val[el]["r_colour_knn"] or -1, val[el]["r_descriptor_ridge"] or -1) for el in elements]
         ours = [val[el]["r"] if val[el]["r"] is not None else -1 for el in elements]
         print("mean r: " + ", ".join(f"{k.removeprefix('r_') if k != 'r' else 'ours'} {np.mean(v):.3f}"

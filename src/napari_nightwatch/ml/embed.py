@@ -84,6 +84,48 @@ def context_reader(store: PaintingStore, grid: TileGrid, scale: int) -> Callable
     return _window_reader(store, grid, scale, pad_mode="edge")
 
 
+def context_vectors(emb, tiles: np.ndarray, radius: int) -> np.ndarray:
+    """Mean image embedding of each tile's neighbourhood on the grid.
+
+    Parameters
+    ----------
+    emb
+        :class:`~napari_nightwatch.store.embeddings.Embeddings` of a grid.
+    tiles
+        Tile indices (each embedded).
+    radius
+        The window is the ``(2 radius + 1)``-tile square of grid positions centred on the
+        tile; positions beyond the grid, masked or not embedded are left out of the mean.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(len(tiles), dim)`` float64 (summed in float64: the same numbers whatever the
+        order tiles come in, so a chunked prediction equals a whole one).
+    """
+    grid = emb.grid
+    tiles = np.asarray(tiles, np.int64)
+    out = np.zeros((tiles.size, emb.dim), np.float64)
+    if tiles.size == 0:
+        return out
+    r, c = grid.row_col(tiles)
+    off = np.arange(-int(radius), int(radius) + 1)
+    dy, dx = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
+    rr, cc = r[:, None] + dy[None], c[:, None] + dx[None]
+    inside = (rr >= 0) & (rr < grid.n_rows) & (cc >= 0) & (cc < grid.n_cols)
+    nb = np.where(inside, rr * grid.n_cols + cc, 0)
+    avail = np.zeros(grid.n_tiles, bool)
+    avail[emb.available] = True
+    ok = inside & avail[nb]
+    need = np.unique(nb[ok])
+    vec = emb.read(need).astype(np.float64)
+    pos = np.searchsorted(need, nb)
+    for j in range(nb.shape[1]):  # one window position at a time: fixed summation order
+        sel = ok[:, j]
+        out[sel] += vec[pos[sel, j]]
+    return out / np.maximum(ok.sum(1), 1)[:, None]
+
+
 def _window_reader(store: PaintingStore, grid: TileGrid, scale: int, pad_mode: str):
     """Windows of ``scale`` x ``scale`` tiles centred on tiles, averaged down to one tile,
     one region read per row-segment; beyond the level: zeros (``"constant"``) or the edge

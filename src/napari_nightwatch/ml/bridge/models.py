@@ -6,8 +6,10 @@ Layout of ``models/<encoder_id>/``: attrs (config, encoder_hash, head_hash,
 image_model_id, image_signature, grid_id, grid, split, element_names, target_mean/std,
 validation, history, head_shape); ``encoder`` and ``head`` safetensors bytes;
 ``split`` (n_tiles,) int8; ``bank_tiles``, ``bank_vectors``, ``bank_elements``,
-``bank_descriptors`` (colour statistics + texture of the training tiles) and
-``baselines/<method>/`` (ridge coefficients of the descriptor models); attrs
+``bank_descriptors`` (colour statistics + texture of the training tiles),
+``bank_context_colour`` (their colour and that of their surroundings) and
+``baselines/<method>/`` (ridge coefficients of the descriptor models, random features
+of the kernel model); attrs
 ``selection``: per element the method kept by validation and the best baseline."""
 
 from __future__ import annotations
@@ -53,12 +55,14 @@ class XrfBridge:
             self.bank_elements = np.asarray(g["bank_elements"][...], np.float32)
         self.selection: dict = dict(self.attrs.get("selection") or {})
         self.bank_descriptors = np.asarray(g["bank_descriptors"][...], np.float64) if "bank_descriptors" in g else None
+        self.bank_context_colour = (np.asarray(g["bank_context_colour"][...], np.float64)
+                                    if "bank_context_colour" in g else None)
         self.ridges: dict = {}
         if "baselines" in g:
-            from .baselines import RidgeRegressor
+            from .baselines import regressor_from_arrays
 
             for method, sub in g["baselines"].groups():
-                self.ridges[method] = RidgeRegressor.from_arrays({k: np.asarray(v[...]) for k, v in sub.arrays()})
+                self.ridges[method] = regressor_from_arrays({k: np.asarray(v[...]) for k, v in sub.arrays()})
         self.bank_tiles = np.asarray(g["bank_tiles"][...], np.int64)
         self.bank_vectors = np.asarray(g["bank_vectors"][...], np.float32)
         self.split = np.asarray(g["split"][...], np.int8)

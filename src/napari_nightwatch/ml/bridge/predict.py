@@ -48,7 +48,7 @@ MAX_RELATIVE_SPREAD = 0.25
 #: every method reported: image-model (CLIP) features, their stack with the
 #: descriptors, the two plain baselines, and the blend (non-negative stack of the
 #: candidates' predictions)
-METHODS = ("head", "joint", "neighbours", "stack", "colour_knn", "descriptor_ridge", "blend")
+METHODS = ("head", "joint", "neighbours", "stack", "kernel", "context_knn", "colour_knn", "descriptor_ridge", "blend")
 
 
 def _clip_estimates(bridge, vectors: np.ndarray, bank_image_vectors: np.ndarray, k: int, chunk: int = 4096) -> dict:
@@ -79,6 +79,19 @@ def _clip_estimates(bridge, vectors: np.ndarray, bank_image_vectors: np.ndarray,
         out["neighbours"].append(mean2)
         out["spread"].append(np.sqrt(np.einsum("nk,nkc->nc", w2, (nb - mean2[:, None]) ** 2)))
     return {key: np.concatenate(v).astype(np.float32) for key, v in out.items()}
+
+
+def bridge_descriptors(store, emb, tiles: np.ndarray):
+    """Every descriptor the bridge's methods use, for some tiles: colour and texture of
+    the tile and of its surroundings, and the mean image-model vectors of its grid
+    neighbourhoods (the same at training and at prediction)."""
+    from ..embed import context_reader, context_vectors, tile_reader
+    from .baselines import CONTEXT_SCALES, VECTOR_CONTEXT_RADII, tile_descriptors
+
+    desc = tile_descriptors(tile_reader(store, emb.grid), tiles,
+                            read_context=[context_reader(store, emb.grid, s) for s in CONTEXT_SCALES])
+    desc.vector_context = np.concatenate([context_vectors(emb, tiles, r) for r in VECTOR_CONTEXT_RADII], axis=1)
+    return desc
 
 
 def method_estimates(bridge, vectors: np.ndarray, bank_image_vectors: np.ndarray, descriptors, *,
@@ -129,6 +142,12 @@ def method_estimates(bridge, vectors: np.ndarray, bank_image_vectors: np.ndarray
     stack = bridge.ridges["stack"]
     feats = descriptors.stack_features(vectors, n_features=int(stack.coef_.shape[0]))
     out["stack"] = {"estimate": stack.predict(feats), **clip_nb}
+    if "kernel" in bridge.ridges:  # bridges trained before the kernel and context kNN have neither
+        out["kernel"] = {"estimate": bridge.ridges["kernel"].predict(descriptors.kernel_features(vectors)), **clip_nb}
+    bcc = getattr(bridge, "bank_context_colour", None)
+    if bcc is not None:
+        est, spread = KnnRegressor().fit(bcc, be).predict(descriptors.context_colour, return_spread=True)
+        out["context_knn"] = {"estimate": est, "spread": spread, "level": est}
     for m in out.values():
         m["estimate"] = np.clip(m["estimate"], 0, None).astype(np.float32)  # intensities are not negative
     return out
@@ -150,6 +169,8 @@ def _estimate_columns(bridge) -> list[tuple[str, str]]:
     methods = ["joint", "neighbours"]
     if bridge.bank_descriptors is not None and bridge.ridges:
         methods += ["colour_knn", "descriptor_ridge", "stack"]
+        methods += ["kernel"] if "kernel" in bridge.ridges else []
+        methods += ["context_knn"] if bridge.bank_context_colour is not None else []
     return cols + [(m, key) for m in methods for key in ("estimate", "spread", "level")]
 
 
@@ -159,12 +180,8 @@ def _estimate_chunk(store, bridge, emb, tiles: np.ndarray, bank_img: np.ndarray,
 
     The one per-chunk step of both the in-process and the distributed prediction.
     """
-    from ..embed import context_reader, tile_reader
-    from .baselines import CONTEXT_SCALES, tile_descriptors
-
     vectors = emb.read(tiles)
-    desc = tile_descriptors(tile_reader(store, emb.grid), tiles,
-                            read_context=[context_reader(store, emb.grid, s) for s in CONTEXT_SCALES])
+    desc = bridge_descriptors(store, emb, tiles)
     est = method_estimates(bridge, vectors, bank_img, desc, k=k)
     made = sorted((m, key) for m, d in est.items() for key in d)
     if made != sorted(columns):  # a new method or key must be added to _estimate_columns

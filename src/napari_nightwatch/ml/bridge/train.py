@@ -144,7 +144,7 @@ CV_FOLDS = 5
 #: joint-space estimate is reported but
 #: not a candidate: its spectrum encoder was trained on every training tile, so it
 #: cannot be refitted without a held-out fold's spectra at the cost of one encoder per fold
-CANDIDATES = ("head", "neighbours", "stack", "colour_knn", "descriptor_ridge")
+CANDIDATES = ("head", "neighbours", "stack", "kernel", "context_knn", "colour_knn", "descriptor_ridge")
 
 
 def _tile_blocks(grid, tiles: np.ndarray, block_tiles: int) -> np.ndarray:
@@ -153,16 +153,17 @@ def _tile_blocks(grid, tiles: np.ndarray, block_tiles: int) -> np.ndarray:
 
 
 def _fit_descriptor_models(vectors, desc, y, blocks, seed):
-    from .baselines import RidgeRegressor
+    from .baselines import RandomFeatureRidge, RidgeRegressor
 
     y = np.asarray(y, np.float64)
     return {
         "descriptor_ridge": RidgeRegressor().fit(desc.both, y, blocks, seed=seed),
         "stack": RidgeRegressor().fit(desc.stack_features(vectors), y, blocks, seed=seed),
+        "kernel": RandomFeatureRidge().fit(desc.kernel_features(vectors), y, blocks, seed=seed),
     }
 
 
-def _choose_per_element(store, grid, tiles, split, vectors, elements, z_all, head, temperature, names, block_tiles,
+def _choose_per_element(store, emb, tiles, split, vectors, elements, z_all, head, temperature, names, block_tiles,
                         seed):
     """Fit the descriptor models on the training tiles and keep, per element, the method
     with the best spatially cross-validated r inside the training area (baselines
@@ -175,25 +176,18 @@ def _choose_per_element(store, grid, tiles, split, vectors, elements, z_all, hea
     pooled out-of-fold predictions scores it.
 
     Returns the selection (element -> method, cross-validated r of every method, best
-    baseline), the ridge arrays to save, and the training tiles' descriptors.
+    baseline), the ridge arrays to save, and the training tiles' descriptors (colour and
+    texture; colour with the surroundings').
     """
     from types import SimpleNamespace
 
     from ...xrf.metrics import pearson_r
-    from ..embed import context_reader, tile_reader
-    from .baselines import (
-        CONTEXT_SCALES,
-        block_folds,
-        choose_methods,
-        cross_fitted_blend,
-        fit_blend,
-        tile_descriptors,
-    )
-    from .predict import method_estimates
+    from .baselines import block_folds, choose_methods, cross_fitted_blend, fit_blend
+    from .predict import bridge_descriptors, method_estimates
 
+    grid = emb.grid
     tr, va = split == TRAIN, split == VAL
-    desc = tile_descriptors(tile_reader(store, grid), tiles,
-                            read_context=[context_reader(store, grid, s) for s in CONTEXT_SCALES])
+    desc = bridge_descriptors(store, emb, tiles)
     ridges = _fit_descriptor_models(vectors[tr], desc.take(tr), elements[tr], _tile_blocks(grid, tiles[tr], block_tiles),
                                     seed)
     # spatial cross-validation inside the training area
@@ -216,7 +210,7 @@ def _choose_per_element(store, grid, tiles, split, vectors, elements, z_all, hea
         f_head = _train_head(vectors[fit[~inner_val]], elements[fit[~inner_val]], vectors[fit[inner_val]],
                              elements[fit[inner_val]], seed=seed, epochs=250, patience=40)
         bank = SimpleNamespace(head=f_head, temperature=temperature, bank_vectors=z_all[fit], bank_elements=elements[fit],
-                               bank_descriptors=desc.both[fit],
+                               bank_descriptors=desc.both[fit], bank_context_colour=desc.context_colour[fit],
                                ridges=_fit_descriptor_models(vectors[fit], desc.take(fit), elements[fit], fit_blocks, seed))
         est = method_estimates(bank, vectors[held], vectors[fit], desc.take(held))
         for m in CANDIDATES:
@@ -241,7 +235,7 @@ def _choose_per_element(store, grid, tiles, split, vectors, elements, z_all, hea
         selection[el]["val_r_all"] = {m: cv_r[m][i] for m in cv_r}
         selection[el]["blend"] = blends[i]
         selection[el]["validation"] = f"{CV_FOLDS}-fold spatial block cross-validation inside the training area"
-    return selection, {m: rg.to_arrays() for m, rg in ridges.items()}, desc.both[tr]
+    return selection, {m: rg.to_arrays() for m, rg in ridges.items()}, (desc.both[tr], desc.context_colour[tr])
 
 
 @writes(layout.MODELS, "nightwatch train-xrf")
@@ -382,7 +376,7 @@ def _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, bloc
         head = _train_head(vectors[tr], elements[tr], vectors[va], elements[va], seed=seed)
         report(progress, 0, 1, "train-xrf: baselines and choice per element")
         selection, baseline_arrays, bank_desc = _choose_per_element(
-            store, grid, tiles, split, vectors, elements, z_all, head, float(1 / model.logit_scale.detach().exp()),
+            store, emb, tiles, split, vectors, elements, z_all, head, float(1 / model.logit_scale.detach().exp()),
             list(names), block_tiles, seed)
     enc_hash = state_dict_hash(model)
     encoder_id = f"xrf-{cfg.input_kind}__{emb.model_id}__{enc_hash[:8]}"
@@ -426,7 +420,8 @@ def _train_xrf_bridge(store, grid_id, image_model_id, epochs, train_region, bloc
         if head is not None:
             put("head", np.frombuffer(to_safetensors_bytes(head), np.uint8))
             put("bank_elements", elements[bank].astype(np.float32))
-            put("bank_descriptors", bank_desc.astype(np.float64))
+            put("bank_descriptors", bank_desc[0].astype(np.float64))
+            put("bank_context_colour", bank_desc[1].astype(np.float64))
             for method, arrays in baseline_arrays.items():
                 sub = g.create_group(f"baselines/{method}")
                 for key, arr in arrays.items():
