@@ -120,6 +120,8 @@ def _cases(w) -> list[tuple[list[str], str | None]]:
     add((["search", R, "--image", str(F / "text.tif")], None))
     add((["search", R, "--image", str(F / "missing.png")], None))
     add((["search", R, "--spectrum", str(F / "spectrum.csv")], None))
+    add((["search", R, "--spectrum", str(F / "spectrum.csv"), "--xrf-match", "composition"], "XRF pixel or region"))
+    add((["search", R, "--text", "red", "--xrf-match", "both"], "XRF pixel or region"))
     add((["search", R, "--grid", "L9-t1-s1", "--text", "red"], "L9-t1-s1"))
     add((["search", R, "--model-id", "nope", "--text", "red"], "nope"))
     add((["search", R, "--pigment", "unobtainium"], "unobtainium"))

@@ -192,6 +192,7 @@ def _cmd_search(args) -> dict:
         pigment=args.pigment,
         where=args.where,
         maps=args.maps,
+        xrf_match=args.xrf_match,
         **({} if args.colour_weight is None else {"colour_weight": args.colour_weight}),
     )
     query.check()  # before any model is loaded
@@ -614,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "max; z(Hg-L) > 3 for z-scores); alone or restricting any other query")
     sp.add_argument("--maps", choices=("auto", "measured", "predicted"), default="auto",
                     help="element maps of the pigment door: measured where scanned and predicted elsewhere (auto)")
+    sp.add_argument("--xrf-match", choices=("joint", "composition", "both"), default="joint",
+                    help="how --xrf-pixel/--xrf-region rank tiles: the joint embedding space, the tiles' composition "
+                         "(--maps: measured, or predicted from the photograph) against the query's, or both ranks fused")
     sp.add_argument("--colour-weight", type=float, default=None,
                     help="weight of the pigment's colour family in its score, 0 (elements only) to 1 (default 0.75)")
     # ------------------------------------------------------------ bridge commands (issue 5)

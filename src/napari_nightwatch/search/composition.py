@@ -331,6 +331,88 @@ def composition_hits(
     return hits
 
 
+#: how an XRF query (pixel or region of the scan) ranks tiles: through the joint
+#: embedding space only, by the distance of the tiles' composition (measured, or
+#: predicted from the photograph) to the query's, or by both ranks fused
+XRF_MATCH = ("joint", "composition", "both")
+
+#: reciprocal-rank fusion constant (Cormack, Clarke & Buettcher 2009): a tile's fused
+#: score is the sum over rankings of 1 / (RRF_K + rank), so a tile near the top of
+#: both rankings beats one at the very top of one only; 60 is the value of the paper
+RRF_K = 60
+
+
+def query_composition(store: PaintingStore, box: tuple[int, int, int, int]) -> dict[str, float]:
+    """The element values of an XRF query: the mean of each element map over an XRF box.
+
+    ``box`` is ``(y0, x0, y1, x1)`` in XRF pixels (see
+    :func:`napari_nightwatch.xrf.pairing.xrf_query_box`). The maps are the ones tiles
+    are paired with (fitted from the cube, or imported), so the query's numbers are in
+    the units of the tiles' measured and predicted composition.
+    """
+    from ..xrf.pairing import load_element_intensity_maps
+
+    names, maps = load_element_intensity_maps(store)
+    y0, x0, y1, x1 = box
+    block = np.asarray(maps[:, y0:y1, x0:x1], np.float64).reshape(len(names), -1)
+    with np.errstate(invalid="ignore"):
+        vals = np.nanmean(np.where(np.isfinite(block), block, np.nan), axis=1) if block.size else np.full(len(names), np.nan)
+    return {n: float(v) for n, v in zip(names, vals, strict=True) if np.isfinite(v)}
+
+
+def composition_match_scores(comp: TileComposition, query: dict[str, float]) -> np.ndarray:
+    """How close each tile's composition is to the query's.
+
+    Minus the root-mean-square difference over the families both have, each in units
+    of its map's robust maximum (so every element weighs the same whatever its count
+    rate). A family the photograph carries no evidence of (flagged on every predicted
+    tile) is left out of the predicted tiles' mean. Flags of single tiles are not: a
+    tile whose mean ran over the few families left to it would look close to anything.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n,)`` float64, at most 0 (0: the same composition); NaN where a tile has no
+        value of any family of the query.
+    """
+    fams = [f for f in query if f in comp.values and comp.stats[f].robust_max > 0]
+    if not fams:
+        raise NightwatchError(
+            f"The query's element maps ({', '.join(sorted(query)) or 'none'}) share no family with the tiles' "
+            f"({', '.join(comp.families)}); fit or predict the same elements."
+        )
+    d2 = np.zeros(comp.tiles.size)
+    n = np.zeros(comp.tiles.size)
+    predicted = comp.source == "predicted"
+    for f in fams:
+        v = (comp.values[f] - query[f]) / comp.stats[f].robust_max
+        ok = np.isfinite(v)
+        if predicted.any() and comp.no_evidence[f][predicted].all():
+            ok &= ~predicted
+        d2[ok] += v[ok] ** 2
+        n[ok] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, -np.sqrt(d2 / np.maximum(n, 1)), np.nan)
+
+
+def fuse_ranks(*scores: np.ndarray) -> np.ndarray:
+    """Reciprocal-rank fusion of several scores of the same tiles (higher is better).
+
+    Each ranking adds ``1 / (RRF_K + rank)`` (rank 1 = best; ties share the best rank
+    of their group, so the fusion does not depend on the order of tiles); a NaN score
+    adds nothing. Scale-free: a cosine and a composition distance need no common units.
+    """
+    from scipy.stats import rankdata
+
+    out = np.zeros(len(scores[0]))
+    for s in scores:
+        s = np.asarray(s, np.float64)
+        ok = np.isfinite(s)
+        rank = rankdata(-s[ok], method="min")
+        out[ok] += 1.0 / (RRF_K + rank)
+    return out
+
+
 def per_tile_map(comp: TileComposition, values: np.ndarray) -> tuple[np.ndarray, tuple, tuple]:
     """Per-tile values as an image aligned with the mosaic (NaN where a tile has none)."""
     m = comp.grid.to_map(np.asarray(values, np.float32), index=comp.tiles)
@@ -343,10 +425,15 @@ __all__ = [
     "EXCLUSIVE",
     "MAPS",
     "PIGMENT_FILTER_MIN",
+    "RRF_K",
+    "XRF_MATCH",
     "TileComposition",
     "composition_hits",
+    "composition_match_scores",
+    "fuse_ranks",
     "per_tile_map",
     "pigment_tile_scores",
+    "query_composition",
     "tile_composition",
     "where_tiles",
 ]

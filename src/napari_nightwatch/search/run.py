@@ -13,6 +13,9 @@ against and cannot be combined with other image or text queries. The pigment doo
 (a pigment name and/or a composition filter, :mod:`.composition`) is a query of its
 own (tiles ranked by the element maps, no model at all) or restricts any other query
 to the tiles whose composition passes ("like this region, where Hg is high").
+An XRF pixel or region can also be matched by composition (``xrf_match``): the
+tiles' element values (measured, or predicted from the photograph where the scan
+never reached) against the query's, alone or fused with the joint-space ranking.
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ from .composition import (
     COLOUR_WEIGHT,
     MAPS,
     PIGMENT_FILTER_MIN,
+    XRF_MATCH,
     composition_hits,
+    composition_match_scores,
+    fuse_ranks,
     per_tile_map,
     pigment_tile_scores,
+    query_composition,
     tile_composition,
     where_tiles,
 )
@@ -91,9 +98,15 @@ class Query:
         A composition filter, e.g. ``"Co-K > 0.3 and Pb-L < 0.5"`` (fractions of each
         map's robust maximum; ``z(Hg-L) > 3`` for robust z-scores).
     maps
-        Which element maps the pigment door reads: ``"auto"`` (measured where the scan
-        covers a tile, predicted from the photograph elsewhere), ``"measured"`` or
-        ``"predicted"``.
+        Which element maps the pigment door and the composition match read: ``"auto"``
+        (measured where the scan covers a tile, predicted from the photograph
+        elsewhere), ``"measured"`` or ``"predicted"``.
+    xrf_match
+        How an XRF pixel or region ranks tiles: ``"joint"`` (the spectrum encoder's
+        vector in the image model's space), ``"composition"`` (closeness of the tiles'
+        element values to the query's, see
+        :func:`~napari_nightwatch.search.composition.composition_match_scores`) or
+        ``"both"`` (the two rankings fused, :func:`~napari_nightwatch.search.composition.fuse_ranks`).
     colour_weight
         Weight of the colour family in a pigment score (0: elements only).
     """
@@ -117,6 +130,7 @@ class Query:
     where: str | None = None
     maps: str = "auto"
     colour_weight: float = COLOUR_WEIGHT
+    xrf_match: str = "joint"
 
     @property
     def is_xrf(self) -> bool:
@@ -126,6 +140,11 @@ class Query:
     def is_composition(self) -> bool:
         """The pigment door is asked (alone or as a filter)."""
         return self.pigment is not None or self.where is not None
+
+    @property
+    def composition_match(self) -> bool:
+        """An XRF query ranked (also) by the composition of the tiles."""
+        return self.is_xrf and self.xrf_match != "joint"
 
     @property
     def needs_embeddings(self) -> bool:
@@ -164,6 +183,13 @@ class Query:
             parse_where(self.where)  # a syntax error is one sentence, before anything is read
         if self.maps not in MAPS:
             raise NightwatchError(f"maps={self.maps!r} must be one of {', '.join(MAPS)}.")
+        if self.xrf_match not in XRF_MATCH:
+            raise NightwatchError(f"xrf_match={self.xrf_match!r} must be one of {', '.join(XRF_MATCH)}.")
+        if self.xrf_match != "joint" and (self.xrf_pixel is None and self.xrf_region is None):
+            raise NightwatchError(
+                f"Matching by composition (xrf_match={self.xrf_match!r}) needs an XRF pixel or region of the scan, whose "
+                "element maps give the query's composition; a spectrum file is matched in the joint space only."
+            )
         if not (isinstance(self.colour_weight, (int, float)) and 0.0 <= float(self.colour_weight) <= 1.0):
             raise NightwatchError(f"colour_weight={self.colour_weight!r} must be a number from 0 to 1.")
         if self.is_xrf and (positives or self.negative or sum(
@@ -195,8 +221,10 @@ class Query:
             out["pigment"] = self.pigment
         if self.where is not None:
             out["where"] = self.where
-        if self.is_composition:
+        if self.is_composition or self.composition_match:
             out["maps"] = self.maps
+        if self.is_xrf:
+            out["xrf_match"] = self.xrf_match
         return out
 
     def label(self) -> str:
@@ -319,24 +347,37 @@ def run_query(
     report(progress, 1, 3, "search")
     extra: dict[str, Any] = {}
     allowed_first = None
-    if query.is_composition:
-        # the pigment door as a filter: exact similarity over the tiles whose composition passes
+    if query.is_composition or query.composition_match:
+        # the pigment door as a filter, and/or the composition match of an XRF query: exact
+        # scores over the tiles with element values (those whose composition passes)
         hits = []
+        target = None
+        if query.composition_match:
+            from ..xrf.pairing import xrf_query_box
+
+            target = query_composition(first, xrf_query_box(first, query.xrf_pixel, query.xrf_region)[0])
+            extra["query_composition"] = {f: round(v, 6) for f, v in target.items()}
         for store in opened:
             g_here = gid if store is first else (query.grid_id or gid)
             comp = tile_composition(store, g_here, maps=query.maps)
-            _, allowed = _composition_scores(comp, query, as_filter=True)
+            allowed = np.ones(comp.tiles.size, bool)
+            if query.is_composition:
+                _, allowed = _composition_scores(comp, query, as_filter=True)
             emb = open_embeddings(store, comp.grid_id, mid)
             ok = emb.done_tiles[comp.tiles] & emb.keep[comp.tiles]
-            sims = np.full(comp.tiles.size, np.nan)
+            scores = np.full(comp.tiles.size, np.nan)
             if ok.any():
                 # Embeddings.read returns unit rows already
-                sims[ok] = emb.read(comp.tiles[ok]).astype(np.float64) @ np.asarray(vec, np.float64)
-            hits += composition_hits(comp, sims, k=query.k, allowed=allowed, merge=query.merge,
-                                     iou_threshold=query.iou_threshold, model_id=mid,
-                                     families=_families_of(query, comp))
+                scores[ok] = emb.read(comp.tiles[ok]).astype(np.float64) @ np.asarray(vec, np.float64)
+            fams = _families_of(query, comp)
+            if target is not None:
+                close = composition_match_scores(comp, target)
+                scores = close if query.xrf_match == "composition" else fuse_ranks(scores, close)
+                fams += [f for f in sorted(target) if f in comp.values and f not in fams]
+            hits += composition_hits(comp, scores, k=query.k, allowed=allowed, merge=query.merge,
+                                     iou_threshold=query.iou_threshold, model_id=mid, families=fams)
             if store is first:
-                allowed_first = (comp, allowed)
+                allowed_first = (comp, allowed, scores if target is not None else None)
                 extra["composition"] = comp.describe()
         hits = _rerank(hits, query.k)
     else:
@@ -345,9 +386,14 @@ def run_query(
     sim = transform = None
     if query.with_map:
         report(progress, 2, 3, "similarity map")
-        sim, scale, translate = similarity_map(first, vec, grid_id=gid, model_id=mid)
+        if allowed_first is not None and allowed_first[2] is not None:
+            # ranked by composition (or fused ranks): the map shows the scores that ranked
+            comp, allowed, scores = allowed_first
+            sim, scale, translate = per_tile_map(comp, np.where(allowed, scores, np.nan))
+        else:
+            sim, scale, translate = similarity_map(first, vec, grid_id=gid, model_id=mid)
         if allowed_first is not None:
-            comp, allowed = allowed_first
+            comp, allowed, _ = allowed_first
             passing = np.zeros(comp.grid.n_tiles, bool)
             passing[comp.tiles[allowed]] = True
             sim = np.where(passing.reshape(sim.shape), sim, np.nan).astype(np.float32)

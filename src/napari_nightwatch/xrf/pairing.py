@@ -296,6 +296,29 @@ def _pair_distributed(client, location: str, spans, work, add, progress) -> None
         raise
 
 
+def xrf_query_box(store, xrf_pixel=None, xrf_region=None) -> tuple[tuple[int, int, int, int], str]:
+    """The XRF pixels of a query: ``((y0, x0, y1, x1), description)``, clipped to the scan.
+
+    Give one of ``xrf_pixel`` ``(y, x)`` or ``xrf_region`` ``(y0, x0, y1, x1)`` (either
+    corner order); a pixel outside the scan or a region covering none of it is refused.
+    """
+    ny, nx = store.xrf_shape
+    if (xrf_pixel is None) == (xrf_region is None):
+        raise NightwatchError("Give exactly one of an XRF pixel (--xrf-pixel) or an XRF region (--xrf-region).")
+    if xrf_pixel is not None:
+        y, x = (int(round(v)) for v in xrf_pixel)
+        if not (0 <= y < ny and 0 <= x < nx):
+            raise NightwatchError(f"XRF pixel ({y}, {x}) lies outside the {ny} x {nx} px scan.")
+        return (y, x, y + 1, x + 1), f"XRF pixel ({y}, {x})"
+    y0, x0, y1, x1 = (int(round(v)) for v in xrf_region)
+    y0, y1 = sorted((y0, y1))
+    x0, x1 = sorted((x0, x1))
+    y0, x0, y1, x1 = max(0, y0), max(0, x0), min(ny, y1), min(nx, x1)
+    if y1 <= y0 or x1 <= x0:
+        raise NightwatchError(f"XRF region {tuple(xrf_region)} does not cover any pixel of the {ny} x {nx} px scan.")
+    return (y0, x0, y1, x1), f"XRF region ({y0}, {x0}, {y1}, {x1})"
+
+
 def load_element_intensity_maps(store, *, required: bool = True) -> tuple[list[str] | None, np.ndarray | None]:
     """Element-intensity maps on the XRF grid: imported maps or fitted ones.
 

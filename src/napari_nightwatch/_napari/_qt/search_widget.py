@@ -39,6 +39,9 @@ SOURCES = (
 #: element maps the pigment door reads (see :data:`napari_nightwatch.search.composition.MAPS`)
 MAPS = ("auto", "measured", "predicted")
 
+#: how an XRF pixel or rectangle ranks tiles (see :data:`napari_nightwatch.search.composition.XRF_MATCH`)
+XRF_MATCH = ("joint", "composition", "both")
+
 
 @dataclass
 class SearchRequest:
@@ -59,6 +62,7 @@ class SearchRequest:
     pigment: str = ""
     where: str = ""
     maps: str = "auto"
+    xrf_match: str = "joint"
 
 
 @dataclass
@@ -95,8 +99,10 @@ def to_query(req: SearchRequest):
         q.image = req.image_path
     elif req.source == "XRF pixel":
         q.xrf_pixel = req.xrf_pixel
+        q.xrf_match = req.xrf_match
     elif req.source == "XRF rectangle":
         q.xrf_region = tuple(int(round(v)) for v in req.xrf_box)
+        q.xrf_match = req.xrf_match
     elif req.source == "pigment":
         q.pigment = req.pigment
     else:
@@ -171,6 +177,11 @@ class SearchWidget(Panel):
         self.maps_combo.setToolTip("element maps for pigment and Where: measured where scanned, predicted elsewhere "
                                    "(auto), or only one kind")
         self.form.addRow("Element maps", self.maps_combo)
+        self.xrf_match_combo = self.remember("xrf_match", QComboBox())
+        self.xrf_match_combo.addItems(XRF_MATCH)
+        self.xrf_match_combo.setToolTip("XRF pixel or rectangle: match through the joint embedding space, by the "
+                                        "tiles' composition (Element maps) against the query's, or both rankings fused")
+        self.form.addRow("XRF match", self.xrf_match_combo)
         self.k_spin = self.remember("k", spin(1, 1000, 20))
         self.form.addRow("k", self.k_spin)
         self.search_button = QPushButton("Search")
@@ -271,7 +282,7 @@ class SearchWidget(Panel):
             grid_id, model_id = self.chosen_embeddings(store, self.embeddings_combo)
         req = SearchRequest(store.path, grid_id, model_id, src, negative=self.negative_edit.text().strip(),
                             k=self.k_spin.value(), where=self.where_edit.text().strip(),
-                            maps=self.maps_combo.currentText())
+                            maps=self.maps_combo.currentText(), xrf_match=self.xrf_match_combo.currentText())
         p = store.mosaic_pixel_size_um
         if src == "text":
             req.text = self.text_edit.text().strip()

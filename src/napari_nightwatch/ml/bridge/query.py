@@ -9,6 +9,7 @@ import numpy as np
 
 from ...core.errors import NightwatchError
 from ...store import PaintingStore
+from ...xrf.pairing import xrf_query_box
 from .models import load_xrf_bridge
 
 
@@ -64,7 +65,6 @@ def query_input(
     if sum(given) != 1:
         raise NightwatchError("Give exactly one of a spectrum file (--spectrum), an XRF pixel (--xrf-pixel) or region (--xrf-region).")
     kind = store.xrf_kind
-    ny, nx = store.xrf_shape
     if spectrum_file is not None:
         if kind != "cube":
             raise NightwatchError(
@@ -76,20 +76,7 @@ def query_input(
             raise NightwatchError(f"Spectrum file {path} does not exist.")
         e, c = _read_spectrum_file(path)
         return _spectrum_on_axis(e, c, store, f"Spectrum file {path}"), f"file {path.name}"
-    if xrf_pixel is not None:
-        y, x = (int(round(v)) for v in xrf_pixel)
-        if not (0 <= y < ny and 0 <= x < nx):
-            raise NightwatchError(f"XRF pixel ({y}, {x}) lies outside the {ny} x {nx} px scan.")
-        y0, x0, y1, x1 = y, x, y + 1, x + 1
-        what = f"XRF pixel ({y}, {x})"
-    else:
-        y0, x0, y1, x1 = (int(round(v)) for v in xrf_region)
-        y0, y1 = sorted((y0, y1))
-        x0, x1 = sorted((x0, x1))
-        y0, x0, y1, x1 = max(0, y0), max(0, x0), min(ny, y1), min(nx, x1)
-        if y1 <= y0 or x1 <= x0:
-            raise NightwatchError(f"XRF region {tuple(xrf_region)} does not cover any pixel of the {ny} x {nx} px scan.")
-        what = f"XRF region ({y0}, {x0}, {y1}, {x1})"
+    (y0, x0, y1, x1), what = xrf_query_box(store, xrf_pixel, xrf_region)
     if kind == "cube":
         block = np.asarray(store.xrf_cube()[y0:y1, x0:x1], dtype=np.float64)
         return block.reshape(-1, block.shape[-1]).mean(0), what
