@@ -319,6 +319,41 @@ def test_scan_here_next_marks_what_the_photograph_cannot_tell(metamer, tmp_path)
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "scan_here_next.tif"), score)
 
 
+def test_a_bridge_trained_before_the_kernel_still_predicts(metamer, tmp_path):
+    """Models saved without the kernel and context-kNN candidates predict with the others."""
+    import shutil
+
+    from napari_nightwatch.ml.bridge import XrfBridge, open_tile_embeddings
+    from napari_nightwatch.ml.bridge.predict import (
+        _estimate_chunk,
+        _estimate_columns,
+        bridge_descriptors,
+        method_estimates,
+    )
+    from napari_nightwatch.store import PaintingStore
+
+    store, gt, trained, predicted = metamer
+    old = tmp_path / "old.nightwatch.zarr"
+    shutil.copytree(store.path, old)
+    eid = trained["encoder_id"]
+    shutil.rmtree(old / "models" / eid / "baselines" / "kernel")
+    shutil.rmtree(old / "models" / eid / "bank_context_colour")
+    old_store = PaintingStore.open(old, mode="r")
+    bridge, new = XrfBridge(old_store, eid), XrfBridge(store, eid)
+    assert "kernel" not in bridge.ridges and bridge.bank_context_colour is None
+    cols = _estimate_columns(bridge)
+    assert {m for m, _ in cols} == {m for m, _ in _estimate_columns(new)} - {"kernel", "context_knn"}
+    emb = open_tile_embeddings(old_store)
+    tiles = emb.available[:50]
+    bank_img = emb.read(bridge.bank_tiles)
+    rows = _estimate_chunk(old_store, bridge, emb, tiles, bank_img, 16, cols)
+    assert rows.shape == (50, len(cols) * len(bridge.element_names)) and np.isfinite(rows).all()
+    # the methods both have give the same numbers
+    est_new = method_estimates(new, emb.read(tiles), bank_img, bridge_descriptors(store, emb, tiles))
+    j = cols.index(("stack", "estimate")) * len(bridge.element_names)
+    np.testing.assert_array_equal(rows[:, j : j + len(bridge.element_names)], est_new["stack"]["estimate"])
+
+
 def test_xrf_query_matched_by_the_composition_the_photograph_predicts(metamer):
     """The third door where the joint space is weak (random image weights): an XRF region
     ranked by the composition predicted from the photograph finds its pigment's tiles."""

@@ -46,8 +46,8 @@ MIN_TEST_TILES = 10
 MAX_RELATIVE_SPREAD = 0.25
 
 #: every method reported: image-model (CLIP) features, their stack with the
-#: descriptors, the two plain baselines, and the blend (non-negative stack of the
-#: candidates' predictions)
+#: descriptors, the kernel ridge and the context kNN, the two plain baselines, and the
+#: blend (non-negative stack of the candidates' predictions)
 METHODS = ("head", "joint", "neighbours", "stack", "kernel", "context_knn", "colour_knn", "descriptor_ridge", "blend")
 
 
