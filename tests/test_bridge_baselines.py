@@ -385,6 +385,13 @@ def test_xrf_query_matched_by_the_composition_the_photograph_predicts(metamer):
                 if m != "joint":
                     assert res.extra["composition"]["tiles_predicted"] == emb.available.size
                     assert all(h.source == "predicted" for h in res.hits)
+    # the query's composition is the mean of the element maps over its XRF pixels
+    from napari_nightwatch.xrf.pairing import load_element_intensity_maps
+
+    names, maps = load_element_intensity_maps(store)
+    want = maps[:, box[0] : box[2], box[1] : box[3]].astype(np.float64).mean(axis=(1, 2))
+    got = res.extra["query_composition"]
+    np.testing.assert_allclose([got[n] for n in names], want, rtol=1e-9, atol=1e-6)  # reported to 6 decimals
     # the Search panel asks the same query
     from napari_nightwatch._napari._qt.search_widget import SearchRequest, to_query
 

@@ -355,9 +355,10 @@ def query_composition(store: PaintingStore, box: tuple[int, int, int, int]) -> d
     names, maps = load_element_intensity_maps(store)
     y0, x0, y1, x1 = box
     block = np.asarray(maps[:, y0:y1, x0:x1], np.float64).reshape(len(names), -1)
-    with np.errstate(invalid="ignore"):
-        vals = np.nanmean(np.where(np.isfinite(block), block, np.nan), axis=1) if block.size else np.full(len(names), np.nan)
-    return {n: float(v) for n, v in zip(names, vals, strict=True) if np.isfinite(v)}
+    finite = np.isfinite(block)
+    n = finite.sum(1)
+    vals = np.where(finite, block, 0.0).sum(1) / np.maximum(n, 1)
+    return {name: float(v) for name, v, k in zip(names, vals, n, strict=True) if k > 0}
 
 
 def composition_match_scores(comp: TileComposition, query: dict[str, float]) -> np.ndarray:
