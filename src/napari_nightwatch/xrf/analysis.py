@@ -28,15 +28,15 @@ from ..core.errors import NightwatchError
 from ..core.spectra import EnergyCalibration
 from .identify import (
     DEFAULT_INSTRUMENT,
-    EXCLUDED_ELEMENTS,
     STRONG_CONFIDENCE,
     Identification,
+    excitable_families,
     identify_cube,
     identify_elements,
     instrument_families,
     present_families,
 )
-from .lines import LineFamily, get_family, line_families
+from .lines import LineFamily, get_family
 from .model import RH_K_KEV, Detector
 from .refine import Refinement, refine_sum_spectrum
 
@@ -79,8 +79,7 @@ def default_candidates(energies_kev: np.ndarray, excitation_kev: float, min_kev:
             f"The energy axis {e[0]:.2f}-{e[-1]:.2f} keV holds no line an XRF fit could use "
             f"(lines from {min_kev} keV up to the {excitation_kev} keV excitation); check the calibration."
         )
-    fams = line_families(None, excitation_kev=excitation_kev, min_kev=max(min_kev, lo_e + 0.1), max_kev=hi_e - 0.1)
-    return [f for f in fams if f.element not in EXCLUDED_ELEMENTS]
+    return excitable_families(e, excitation_kev, min_kev)
 
 
 def analyse_spectrum(

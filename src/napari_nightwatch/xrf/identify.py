@@ -286,11 +286,11 @@ def _filter_candidates(candidates, exclude, excitation_kev, min_kev, e):
         else:
             drop_el.add(_normalise_element(str(item)))
     if candidates is None:
-        candidates = _default_families(e, excitation_kev, min_kev)
+        candidates = excitable_families(e, excitation_kev, min_kev)
     return [f for f in candidates if f.name not in drop_fam and f.element not in drop_el]
 
 
-def _default_families(e: np.ndarray, excitation_kev: float, min_kev: float) -> list[LineFamily]:
+def excitable_families(e: np.ndarray, excitation_kev: float, min_kev: float) -> list[LineFamily]:
     """Every excitable family (no unstable or noble-gas element) with its main line on the axis."""
     lo_e = max(float(e[0]), min_kev - 0.2)
     hi_e = min(float(e[-1]), float(excitation_kev))
@@ -379,7 +379,7 @@ def _identify_one(e, y, det, excitation_kev, candidates, min_kev, tube_kev, flex
     lo_e = max(float(e[0]), min_kev - 0.2)
     hi_e = min(float(e[-1]), float(excitation_kev))
     if candidates is None:
-        fams = _default_families(e, excitation_kev, min_kev)
+        fams = excitable_families(e, excitation_kev, min_kev)
     else:
         fams = [f for f in candidates if lo_e <= f.main_energy_kev <= hi_e]
     if not fams:
@@ -848,7 +848,7 @@ def _candidate_pool(candidates, exclude, instrument, excitation_kev, energies_ke
     e = np.asarray(energies_kev, dtype=np.float64)
     pool = _filter_candidates(candidates, exclude, excitation_kev, 0.9, e)
     if pool is None:
-        pool = _default_families(e, excitation_kev, 0.9)
+        pool = excitable_families(e, excitation_kev, 0.9)
     ins = {_family_key(n, excitation_kev) for n in instrument}
     return [f for f in pool if f.name not in ins]
 

@@ -220,8 +220,8 @@ def _line_consistency(names, candidates, e, detector, lo, hi, resid, w, template
     if not owners:
         return out
     tmat = np.stack(cols, axis=1)
-    amp = ((resid * w) @ tmat) / np.maximum(w @ tmat**2, 1e-300)
     tw = w @ tmat**2
+    amp = ((resid * w) @ tmat) / np.maximum(tw, 1e-300)
     n = resid.shape[0]
     for k, name in enumerate(owners):
         a, b = amp[:, 2 * k], amp[:, 2 * k + 1]
