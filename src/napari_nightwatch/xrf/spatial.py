@@ -153,11 +153,7 @@ def map_drops(
     gram_inv = np.linalg.pinv(model.design.T @ (model.design * w0[:, None]))
     names, cols, frees = [], [], []
     for f in candidates:
-        full = templates.get(f.name) if templates is not None else None
-        if full is None:
-            full = lines_spectrum(f, e, detector)
-            if templates is not None:
-                templates[f.name] = full
+        full = _template(templates, f.name, f, e, detector)
         t = full[lo:hi]
         if full.sum() <= 0 or t.sum() < 0.5 * full.sum():
             continue
@@ -165,7 +161,7 @@ def map_drops(
         free = 1.0 - float(proj @ gram_inv @ proj) / float(t @ (w0 * t))
         if free < 1e-3:
             continue  # the accepted terms make this template: nothing of its own can show
-        t = np.where(t > 1e-3 * t.max(), t / t.sum(), 0.0)
+        t = _unit_column(t)
         names.append(f.name)
         cols.append(t)
         frees.append(free)
@@ -175,8 +171,7 @@ def map_drops(
     tmat = np.stack(cols, axis=1)  # (channels, candidates)
     tw = (w @ tmat**2) * np.asarray(frees)[None, :]
     amp = ((resid * w) @ tmat) / tw
-    drop = np.sum(np.maximum(amp, 0.0) ** 2 * tw, axis=0)
-    z = (drop - 0.5 * n) / np.sqrt(1.25 * n)
+    z = _noise_z(amp, tw, n)
     # an L or M family whose lines split into a main group and others (L-alpha / L-beta)
     # must have the same map in both: residuals of thick-paint matrix effects under
     # Pb-L / Hg-L have a map at one line and another (or none) at the next. On the
@@ -187,6 +182,27 @@ def map_drops(
         if cons.get(name) is not None and cons[name] < MIN_LINE_CONSISTENCY:
             z[i] = min(z[i], 0.0)
     return {name: float(v) for name, v in zip(names, z, strict=True)}
+
+
+def _template(templates: dict | None, key: str, fam, e: np.ndarray, detector, lines=None) -> np.ndarray:
+    """A family's (or some of its lines') spectrum on the whole axis, from the cache ``templates`` if given."""
+    full = templates.get(key) if templates is not None else None
+    if full is None:
+        full = lines_spectrum(fam, e, detector, lines)
+        if templates is not None:
+            templates[key] = full
+    return full
+
+
+def _unit_column(t: np.ndarray) -> np.ndarray:
+    """A template as a fit column: unit sum, channels below 0.1 % of its peak set to 0."""
+    return np.where(t > 1e-3 * max(t.max(), 1e-300), t / max(t.sum(), 1e-300), 0.0)
+
+
+def _noise_z(amp: np.ndarray, tw: np.ndarray, n: int):
+    """z of the summed per-pixel drops ``max(amp, 0)^2 tw`` (axis 0) against noise alone
+    (mean n/2, variance 5n/4: see :func:`map_drops`)."""
+    return (np.sum(np.maximum(amp, 0.0) ** 2 * tw, axis=0) - 0.5 * n) / np.sqrt(1.25 * n)
 
 
 def _line_consistency(names, candidates, e, detector, lo, hi, resid, w, templates) -> dict[str, float | None]:
@@ -208,14 +224,7 @@ def _line_consistency(names, candidates, e, detector, lo, hi, resid, w, template
             out[name] = None
             continue
         for part, sel in (("main", main), ("rest", ~main)):
-            key = f"{name}/{part}"
-            full = templates.get(key) if templates is not None else None
-            if full is None:
-                full = lines_spectrum(f, e, detector, sel)
-                if templates is not None:
-                    templates[key] = full
-            t = full[lo:hi]
-            cols.append(np.where(t > 1e-3 * max(t.max(), 1e-300), t / max(t.sum(), 1e-300), 0.0))
+            cols.append(_unit_column(_template(templates, f"{name}/{part}", f, e, detector, sel)[lo:hi]))
         owners.append(name)
     if not owners:
         return out
@@ -227,7 +236,7 @@ def _line_consistency(names, candidates, e, detector, lo, hi, resid, w, template
         a, b = amp[:, 2 * k], amp[:, 2 * k + 1]
         # where the other lines' map is noise alone (a weak K-beta: S-K's), it cannot
         # contradict the main one: no verdict
-        z_rest = (np.sum(np.maximum(b, 0.0) ** 2 * tw[:, 2 * k + 1]) - 0.5 * n) / np.sqrt(1.25 * n)
+        z_rest = _noise_z(b, tw[:, 2 * k + 1], n)
         if z_rest < 3.0 or a.std() == 0 or b.std() == 0:
             out[name] = None
             continue
