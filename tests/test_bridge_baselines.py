@@ -128,7 +128,7 @@ def test_context_vectors_average_the_embedded_neighbourhood():
     vec = rng.standard_normal((grid.n_tiles, 3)).astype(np.float32)
     avail = np.setdiff1d(np.arange(grid.n_tiles), [7, 12])  # two tiles not embedded
     emb = SimpleNamespace(grid=grid, available=avail, dim=3, read=lambda t: vec[np.asarray(t)])
-    got = context_vectors(emb, avail, 1)
+    got = context_vectors(emb, avail, (1,))
     # reference: the mean over the embedded tiles of the 3 x 3 window, clipped at the grid's edges
     r, c = grid.row_col(avail)
     for k in range(avail.size):
@@ -136,8 +136,11 @@ def test_context_vectors_average_the_embedded_neighbourhood():
               if 0 <= rr < 4 and 0 <= cc < 5 and rr * 5 + cc in set(avail.tolist())]
         np.testing.assert_allclose(got[k], vec[nb].astype(np.float64).mean(0), atol=1e-12)  # float64 sums of a few terms
     # a chunk of tiles gets the numbers it gets within the whole set (prediction goes in chunks)
-    np.testing.assert_array_equal(context_vectors(emb, avail[5:9], 1), got[5:9])
-    np.testing.assert_array_equal(context_vectors(emb, avail, 0), vec[avail].astype(np.float64))
+    np.testing.assert_array_equal(context_vectors(emb, avail[5:9], (1,)), got[5:9])
+    np.testing.assert_array_equal(context_vectors(emb, avail, (0,)), vec[avail].astype(np.float64))
+    # several radii from one read: each the same as alone, side by side
+    np.testing.assert_array_equal(context_vectors(emb, avail, (1, 0)),
+                                  np.concatenate([got, vec[avail].astype(np.float64)], 1))
 
 
 def test_composition_match_and_rank_fusion_are_exact():

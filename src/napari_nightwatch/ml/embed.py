@@ -84,8 +84,8 @@ def context_reader(store: PaintingStore, grid: TileGrid, scale: int) -> Callable
     return _window_reader(store, grid, scale, pad_mode="edge")
 
 
-def context_vectors(emb, tiles: np.ndarray, radius: int) -> np.ndarray:
-    """Mean image embedding of each tile's neighbourhood on the grid.
+def context_vectors(emb, tiles: np.ndarray, radii: Sequence[int]) -> np.ndarray:
+    """Mean image embedding of each tile's neighbourhoods on the grid, one per radius.
 
     Parameters
     ----------
@@ -93,23 +93,26 @@ def context_vectors(emb, tiles: np.ndarray, radius: int) -> np.ndarray:
         :class:`~napari_nightwatch.store.embeddings.Embeddings` of a grid.
     tiles
         Tile indices (each embedded).
-    radius
-        The window is the ``(2 radius + 1)``-tile square of grid positions centred on the
+    radii
+        A window is the ``(2 radius + 1)``-tile square of grid positions centred on the
         tile; positions beyond the grid, masked or not embedded are left out of the mean.
+        The neighbours' vectors are read once, for the largest radius.
 
     Returns
     -------
     numpy.ndarray
-        ``(len(tiles), dim)`` float64 (summed in float64: the same numbers whatever the
-        order tiles come in, so a chunked prediction equals a whole one).
+        ``(len(tiles), dim * len(radii))`` float64, the radii side by side (summed in
+        float64: the same numbers whatever the order tiles come in, so a chunked
+        prediction equals a whole one).
     """
     grid = emb.grid
     tiles = np.asarray(tiles, np.int64)
-    out = np.zeros((tiles.size, emb.dim), np.float64)
-    if tiles.size == 0:
-        return out
+    radii = [int(r) for r in radii]
+    if tiles.size == 0 or not radii:
+        return np.zeros((tiles.size, emb.dim * len(radii)), np.float64)
     r, c = grid.row_col(tiles)
-    off = np.arange(-int(radius), int(radius) + 1)
+    big = max(radii)
+    off = np.arange(-big, big + 1)
     dy, dx = (a.ravel() for a in np.meshgrid(off, off, indexing="ij"))
     rr, cc = r[:, None] + dy[None], c[:, None] + dx[None]
     inside = (rr >= 0) & (rr < grid.n_rows) & (cc >= 0) & (cc < grid.n_cols)
@@ -120,10 +123,15 @@ def context_vectors(emb, tiles: np.ndarray, radius: int) -> np.ndarray:
     need = np.unique(nb[ok])
     vec = emb.read(need).astype(np.float64)
     pos = np.searchsorted(need, nb)
-    for j in range(nb.shape[1]):  # one window position at a time: fixed summation order
-        sel = ok[:, j]
-        out[sel] += vec[pos[sel, j]]
-    return out / np.maximum(ok.sum(1), 1)[:, None]
+    out = []
+    for radius in radii:
+        within = (np.abs(dy) <= radius) & (np.abs(dx) <= radius)
+        acc = np.zeros((tiles.size, emb.dim), np.float64)
+        for j in np.flatnonzero(within):  # one window position at a time: fixed summation order
+            sel = ok[:, j]
+            acc[sel] += vec[pos[sel, j]]
+        out.append(acc / np.maximum(ok[:, within].sum(1), 1)[:, None])
+    return np.concatenate(out, axis=1)
 
 
 def _window_reader(store: PaintingStore, grid: TileGrid, scale: int, pad_mode: str):

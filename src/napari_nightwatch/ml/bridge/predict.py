@@ -90,7 +90,7 @@ def bridge_descriptors(store, emb, tiles: np.ndarray):
 
     desc = tile_descriptors(tile_reader(store, emb.grid), tiles,
                             read_context=[context_reader(store, emb.grid, s) for s in CONTEXT_SCALES])
-    desc.vector_context = np.concatenate([context_vectors(emb, tiles, r) for r in VECTOR_CONTEXT_RADII], axis=1)
+    desc.vector_context = context_vectors(emb, tiles, VECTOR_CONTEXT_RADII)
     return desc
 
 
